@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine: `make train` and `make test`.
+# Both start with `make setup`, which builds .venv/ (reused when present) from pinned requirements.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Keep the venv's tools (ninja for DeepSpeed's JIT ops, deepspeed's launcher) first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PIP_CONSTRAINT := $(CURDIR)/requirements/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+REQS := requirements/requirements.txt requirements/requirements-dev.txt \
+        requirements/requirements-tensorboard.txt requirements/requirements-wandb.txt \
+        requirements/requirements-eval.txt requirements/requirements-sentencepiece.txt
+
+.PHONY: setup data train test lint bench docs clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: $(REQS) requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(addprefix -r ,$(REQS))
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+data: setup
+	$(PY) tools/corpora.py shakespeare -d data
+
+train: data
+	$(PY) ./deepy.py train.py configs/cpu_small.yml configs/local_setup.yml
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check .
+
+bench: setup
+	$(PY) tools/benchmark.py
+
+docs: setup
+	$(PY) tools/gen_docs.py
+
+clean:
+	rm -rf $(VENV) checkpoints logs tensorboard

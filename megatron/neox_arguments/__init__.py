@@ -1,0 +1,1 @@
+"""neox_arguments package."""
