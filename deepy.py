@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Launcher: validate the config here, print the plan, then start workers via DeepSpeed.
+
+    ./deepy.py train.py configs/125M.yml configs/local_setup.yml
+    ./deepy.py train.py -d configs 125M local_setup
+
+A config error stops here with exit code 2, before any worker process exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from megatron.neox_arguments import ConfigError, NeoXArgs, Resources
+from megatron.neox_arguments.support import (
+    missing_paths,
+    performance_fallbacks,
+    unsupported_features,
+)
+
+
+def load(argv: list[str] | None) -> tuple[str, NeoXArgs]:
+    """Parse deepy's command line and build the validated config (raises ConfigError)."""
+    user_script, paths = NeoXArgs.consume_deepy_args(argv)
+    raw = NeoXArgs.from_ymls(paths)
+    args = NeoXArgs.from_ymls(paths, resources=Resources.detect(raw))
+    problems = [*unsupported_features(args), *missing_paths(args)]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return user_script, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="deepy: %(message)s")
+    try:
+        user_script, args = load(argv)
+    except ConfigError as err:
+        print(f"deepy.py: config error:\n{err}", file=sys.stderr)
+        return 2
+    for warning in performance_fallbacks(args):
+        print(f"deepy.py: warning: {warning}", file=sys.stderr)
+    from megatron.training.plan import plan_lines
+
+    for line in plan_lines(args):
+        print(f"deepy.py: {line}")
+    sys.stdout.flush()
+    from deepspeed.launcher.runner import main as deepspeed_main
+
+    from megatron.launch import runner_argv
+
+    result = deepspeed_main(runner_argv(args, user_script, args.to_worker_argv()))
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""How a run is assembled, in one place and in order.
+
+distributed init -> process groups -> tokenizer -> model (full init, then this rank's TP
+slice) -> optimizer and LR schedule -> DeepSpeed engine -> data. Every other module gets
+what it needs from the `Run` this returns, never from globals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from megatron.data import batch as batch_mod
+from megatron.data.data_utils import (
+    DataConfig,
+    build_train_valid_test_datasets,
+    make_data_iterator,
+    num_samples_for,
+)
+from megatron.model import ModelSpec, build_model
+from megatron.parallel import ParallelLayout, ProcessGroups
+from megatron.tokenizer import build_tokenizer, padded_vocab_size
+from megatron.training.lr_schedules import AnnealingLR, LRSchedule
+from megatron.training.optimizers import build_optimizer, param_groups
+from megatron.training.state import seed_everything
+
+LOG = logging.getLogger(__name__)
+
+# Keys we build ourselves and hand to deepspeed.initialize as objects.
+_CLIENT_BUILT = ("optimizer", "scheduler")
+
+
+@dataclass
+class Run:
+    """Everything a training, evaluation or generation loop needs."""
+
+    args: Any
+    groups: ProcessGroups
+    tokenizer: Any
+    spec: ModelSpec
+    engine: Any
+    loss_fn: Callable
+    is_pipe: bool
+
+    @property
+    def is_rank0(self) -> bool:
+        return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def init_distributed(args: Any) -> None:
+    """Start torch.distributed through DeepSpeed (gloo on CPU, NCCL on CUDA)."""
+    import deepspeed
+
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=args.distributed_backend, auto_mpi_discovery=True)
+
+
+def build_groups(args: Any) -> ProcessGroups:
+    layout = ParallelLayout.from_world(
+        dist.get_world_size(),
+        tp=args.model_parallel_size,
+        pp=args.pipe_parallel_size,
+        rank=dist.get_rank(),
+    )
+    return ProcessGroups.build(layout)
+
+
+def build_spec(args: Any, tokenizer: Any) -> ModelSpec:
+    """The model spec with the vocabulary padded as GPT-NeoX pads it."""
+    vocab = args.padded_vocab_size or padded_vocab_size(
+        tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.model_parallel_size
+    )
+    return ModelSpec.from_args(args, padded_vocab_size=vocab)
+
+
+def _deepspeed_config(args: Any) -> dict[str, Any]:
+    config = dict(args.deepspeed_config)
+    for key in _CLIENT_BUILT:
+        config.pop(key, None)
+    return config
+
+
+def build_run(args: Any) -> Run:
+    """Assemble the engine; the order here is the order the guide documents."""
+    import deepspeed
+
+    init_distributed(args)
+    seed_everything(args.seed)
+    groups = build_groups(args)
+    tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file)
+    spec = build_spec(args, tokenizer)
+    is_pipe = args.pipe_parallel_size >= 1
+    model, loss_fn = build_model(
+        spec,
+        groups,
+        pipe_parallel_size=args.pipe_parallel_size,
+        partition_method=args.pipe_partition_method,
+        activation_checkpointing=args.checkpoint_activations,
+        checkpoint_num_layers=args.checkpoint_num_layers,
+        seed=args.seed,
+    )
+    optimizer = build_optimizer(param_groups(model, args.weight_decay), args.optimizer)
+    scheduler = AnnealingLR(optimizer, LRSchedule.from_args(args))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=_deepspeed_config(args),
+        mpu=None if is_pipe else groups.mpu,
+        dist_init_required=False,
+    )
+    return Run(args, groups, tokenizer, spec, engine, loss_fn, is_pipe)
+
+
+def build_data(run: Run, consumed_samples: int) -> tuple[Iterator | None, Any, Any]:
+    """Train iterator (resumed at `consumed_samples`) and the valid and test datasets.
+
+    Rank 0 builds the index maps first so the other ranks only memory-map them.
+    """
+    args = run.args
+    num_samples = num_samples_for(
+        args.train_iters, args.eval_interval, args.eval_iters, args.train_batch_size
+    )
+    cfg = DataConfig.from_args(args)
+
+    def build() -> tuple[Any, Any, Any]:
+        return build_train_valid_test_datasets(cfg, num_samples, args.seq_length, args.seed)
+
+    if run.is_rank0:
+        datasets = build()
+    dist.barrier()
+    if not run.is_rank0:
+        datasets = build()
+    train, valid, test = datasets
+    train_iter = batches(run, train, consumed_samples) if train is not None else None
+    return train_iter, valid, test
+
+
+def batches(run: Run, dataset: Any, consumed_samples: int) -> Iterator[tuple]:
+    """Micro-batches as ((tokens, position_ids), (labels, loss_mask)) on the engine's device."""
+    args = run.args
+    raw = make_data_iterator(
+        dataset,
+        micro_batch_size=args.train_micro_batch_size_per_gpu,
+        dp_rank=run.groups.dp.rank,
+        dp_size=run.groups.dp.size,
+        consumed_samples=consumed_samples,
+    )
+    device = run.engine.device
+    for item in raw:
+        inputs, labels = batch_mod.get_batch(item, run.tokenizer.eod, args.eod_mask_loss)
+        yield _to(inputs, device), _to(labels, device)
+
+
+def _to(tensors: tuple[torch.Tensor, ...], device: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(device, non_blocking=True) for t in tensors)

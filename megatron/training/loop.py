@@ -1,0 +1,171 @@
+"""The training loop: step, log, maybe evaluate, maybe save, check stop conditions.
+
+Pre-emption (SIGTERM / SIGINT) only sets a flag; the loop finishes the step in flight,
+saves, and returns, so a cluster's kill never lands in the middle of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.distributed as dist
+
+from megatron.training import checkpointing as ckpt
+from megatron.training.state import TrainState, rng_state
+from megatron.training.step import StepResult, eval_loss, train_step
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class StopFlag:
+    """Set by a signal handler; read at step boundaries."""
+
+    signum: int | None = None
+    previous: dict[int, Any] = field(default_factory=dict)
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+
+
+def _agreed(flag: bool) -> bool:
+    """True on every rank if it is true on any rank, so all ranks stop together."""
+    if not dist.is_initialized():
+        return flag
+    import torch
+
+    value = torch.tensor([1 if flag else 0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def client_state(run: Any, state: TrainState) -> dict[str, Any]:
+    """What we add to DeepSpeed's checkpoint so a resume is exact."""
+    a = run.args
+    return {
+        "iteration": state.iteration,
+        "train_state": state.to_dict(),
+        "rng_state": rng_state(),
+        "args": {
+            "num_layers": a.num_layers,
+            "hidden_size": a.hidden_size,
+            "num_attention_heads": a.num_attention_heads,
+            "max_position_embeddings": a.max_position_embeddings,
+            "make_vocab_size_divisible_by": a.make_vocab_size_divisible_by,
+            "padded_vocab_size": run.spec.padded_vocab_size,
+            "tokenizer_type": a.tokenizer_type,
+            "model_parallel_size": a.model_parallel_size,
+        },
+    }
+
+
+def save(run: Any, state: TrainState) -> None:
+    a = run.args
+    if not a.save:
+        return
+    ckpt.save_checkpoint(
+        run.engine,
+        a.save,
+        state.iteration,
+        client_state(run, state),
+        a.config_files,
+        is_rank0=run.is_rank0,
+        barrier=dist.barrier,
+    )
+    if run.is_rank0:
+        ckpt.prune_checkpoints(a.save, getattr(a, "keep_last_n_checkpoints", None))
+    LOG.info("saved checkpoint %s", ckpt.tag_for(state.iteration))
+
+
+def _log_values(run: Any, state: TrainState, result: StepResult, seconds: float) -> dict:
+    a = run.args
+    tokens = a.train_batch_size * a.seq_length
+    return {
+        "lm_loss": result.loss,
+        "learning_rate": run.engine.get_lr()[0],
+        "grad_norm": result.grad_norm,
+        "skipped_steps": state.skipped_steps,
+        "consumed_samples": state.consumed_samples,
+        "consumed_tokens": state.consumed_samples * a.seq_length,
+        "iteration_time_ms": seconds * 1000.0,
+        "tokens_per_sec": tokens / seconds if seconds > 0 else math.nan,
+    }
+
+
+def train(
+    run: Any,
+    state: TrainState,
+    data: Iterator[tuple],
+    valid_data: Iterator[tuple] | None,
+    metrics: Any,
+) -> TrainState:
+    """Train from `state.iteration` to `train_iters`; returns the final state."""
+    a = run.args
+    stop = StopFlag()
+    stop.install()
+    save_at = ckpt.save_iterations(
+        a.train_iters, a.checkpoint_factor, a.checkpoint_scale, a.extra_save_iters
+    )
+    last_saved = state.iteration
+    while state.iteration < a.train_iters:
+        start = time.perf_counter()
+        result = train_step(run, data)
+        seconds = time.perf_counter() - start
+        state.iteration += 1
+        state.consumed_samples += a.train_batch_size
+        _count_skips(state, result, a)
+        if state.iteration % a.log_interval == 0 or state.iteration == 1:
+            metrics.log(state.iteration, _log_values(run, state, result, seconds))
+        if valid_data is not None and a.eval_interval and state.iteration % a.eval_interval == 0:
+            evaluate(run, state, valid_data, metrics, "validation")
+        if state.iteration in save_at:
+            save(run, state)
+            last_saved = state.iteration
+        if _should_stop(run, state, stop):
+            break
+    if last_saved != state.iteration:
+        save(run, state)
+    return state
+
+
+def _count_skips(state: TrainState, result: StepResult, args: Any) -> None:
+    if result.finite:
+        state.consecutive_skips = 0
+        return
+    state.skipped_steps += 1
+    state.consecutive_skips += 1
+    LOG.warning("iteration %d: non-finite loss %s", state.iteration, result.loss)
+
+
+def _should_stop(run: Any, state: TrainState, stop: StopFlag) -> bool:
+    a = run.args
+    limit = getattr(a, "max_consecutive_skipped_steps", 0) or 0
+    reasons = []
+    if stop.signum is not None:
+        reasons.append(f"received signal {stop.signum}")
+    if a.exit_interval and state.iteration % a.exit_interval == 0:
+        reasons.append(f"exit_interval {a.exit_interval} reached")
+    if limit and state.consecutive_skips >= limit:
+        reasons.append(f"{state.consecutive_skips} consecutive non-finite steps")
+    if not _agreed(bool(reasons)):
+        return False
+    LOG.warning("stopping at iteration %d: %s", state.iteration, "; ".join(reasons) or "peer")
+    return True
+
+
+def evaluate(run: Any, state: TrainState, data: Iterator[tuple], metrics: Any, name: str) -> float:
+    """Log `{name}/lm_loss` and its perplexity; returns the loss."""
+    loss = eval_loss(run, data, run.args.eval_iters)
+    ppl = math.exp(min(loss, 20.0))
+    metrics.log(state.iteration, {f"{name}/lm_loss": loss, f"{name}/lm_loss_ppl": ppl})
+    return loss

@@ -1,0 +1,58 @@
+"""`pretrain(args)`: build the run, resume if there is a checkpoint, train, evaluate."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from megatron.training import checkpointing as ckpt
+from megatron.training.engine import batches, build_data, build_run
+from megatron.training.loop import evaluate, train
+from megatron.training.metrics import MetricsLogger
+from megatron.training.state import TrainState, set_rng_state
+
+LOG = logging.getLogger(__name__)
+
+
+def resume(run: Any) -> TrainState:
+    """Load the newest complete checkpoint under `load`, or start fresh and say so."""
+    a = run.args
+    tag = ckpt.find_loadable_tag(a.load, a.iteration)
+    if tag is None:
+        if run.is_rank0:
+            LOG.info("no checkpoint found under %r: training starts from scratch", a.load)
+        return TrainState()
+    finetune = bool(a.finetune)
+    _, client = run.engine.load_checkpoint(
+        a.load,
+        tag=tag,
+        load_optimizer_states=not (a.no_load_optim or finetune),
+        load_lr_scheduler_states=not (a.no_load_optim or finetune),
+        load_module_only=finetune,
+    )
+    if finetune or client is None:
+        LOG.info("loaded weights from %s/%s; starting at iteration 0", a.load, tag)
+        return TrainState()
+    if not a.no_load_rng and "rng_state" in client:
+        set_rng_state(client["rng_state"])
+    state = TrainState.from_dict(client.get("train_state", {"iteration": client["iteration"]}))
+    LOG.info("resumed from %s/%s at iteration %d", a.load, tag, state.iteration)
+    return state
+
+
+def pretrain(args: Any) -> int:
+    """Train as the config says; returns the process exit code."""
+    run = build_run(args)
+    state = resume(run)
+    metrics = MetricsLogger.from_args(args, is_rank0=run.is_rank0)
+    try:
+        train_iter, valid, test = build_data(run, state.consumed_samples)
+        valid_iter = batches(run, valid, 0) if valid is not None else None
+        state = train(run, state, train_iter, valid_iter, metrics)
+        if valid_iter is not None and args.eval_iters:
+            evaluate(run, state, valid_iter, metrics, "validation")
+        if test is not None and args.eval_iters:
+            evaluate(run, state, batches(run, test, 0), metrics, "test")
+    finally:
+        metrics.close()
+    return 0

@@ -1,0 +1,77 @@
+"""One optimizer step, for the pipeline engine and the plain engine alike.
+
+The pipeline engine runs its own micro-batch schedule (`train_batch`); the plain engine
+gets the same micro-batches from us, one forward/backward each, and DeepSpeed applies the
+optimizer at the accumulation boundary. Both return the loss averaged over the
+micro-batches and the data-parallel ranks, so the loop above cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step reports."""
+
+    loss: float
+    grad_norm: float | None
+    finite: bool
+
+
+def _mean_over(value: torch.Tensor, group: Any, size: int) -> torch.Tensor:
+    if size > 1:
+        value = value.clone()
+        dist.all_reduce(value, group=group)
+        value /= size
+    return value
+
+
+def train_step(run: Any, data: Iterator[tuple]) -> StepResult:
+    """Run one optimizer step on `run.engine` and report its loss."""
+    engine = run.engine
+    if run.is_pipe:
+        loss = engine.train_batch(data_iter=data).detach().float()
+    else:
+        total = torch.zeros((), dtype=torch.float32, device=engine.device)
+        accum = engine.gradient_accumulation_steps()
+        for _ in range(accum):
+            inputs, labels = next(data)
+            loss = run.loss_fn(engine(inputs), labels)
+            engine.backward(loss)
+            engine.step()
+            total += loss.detach().float()
+        loss = _mean_over(total / accum, run.groups.dp.group, run.groups.dp.size)
+    value = float(loss)
+    norm = engine.get_global_grad_norm()
+    norm = float(norm) if norm is not None else None
+    return StepResult(loss=value, grad_norm=norm, finite=math.isfinite(value))
+
+
+@torch.no_grad()
+def eval_loss(run: Any, data: Iterator[tuple], iters: int) -> float:
+    """Mean loss over `iters` global batches, without touching the optimizer."""
+    engine = run.engine
+    engine.eval()
+    total = 0.0
+    try:
+        for _ in range(iters):
+            if run.is_pipe:
+                total += float(engine.eval_batch(data_iter=data))
+                continue
+            acc = torch.zeros((), dtype=torch.float32, device=engine.device)
+            accum = engine.gradient_accumulation_steps()
+            for _ in range(accum):
+                inputs, labels = next(data)
+                acc += run.loss_fn(engine(inputs), labels).float()
+            total += float(_mean_over(acc / accum, run.groups.dp.group, run.groups.dp.size))
+    finally:
+        engine.train()
+    return total / max(iters, 1)

@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""Worker entry point for training; started by deepy.py through DeepSpeed's launcher.
+
+Each worker rebuilds the launcher's NeoXArgs from its command line, checks it is the
+same config, and runs the loop in megatron.training.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from megatron.neox_arguments import ConfigError, NeoXArgs
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = NeoXArgs.consume_neox_args(argv)
+    except ConfigError as err:
+        print(f"train.py: {err}", file=sys.stderr)
+        return 2
+    from megatron.training import pretrain
+
+    return pretrain(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
