@@ -10,6 +10,7 @@ A config error stops here with exit code 2, before any worker process exists.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from megatron.neox_arguments import ConfigError, NeoXArgs, Resources
@@ -45,12 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     for line in plan_lines(args):
         print(f"deepy.py: {line}")
     sys.stdout.flush()
-    from deepspeed.launcher.runner import main as deepspeed_main
+    from megatron.launch import LaunchError, export_env, redact, runner_argv, worker_exports
 
-    from megatron.launch import runner_argv
+    try:
+        argv = runner_argv(args, user_script, args.to_worker_argv())
+    except LaunchError as err:
+        print(f"deepy.py: launch settings error:\n{err}", file=sys.stderr)
+        return 2
+    from deepspeed.launcher import runner
 
-    result = deepspeed_main(runner_argv(args, user_script, args.to_worker_argv()))
-    return int(result or 0)
+    exports = worker_exports(os.environ)
+    export_env(runner.EXPORT_ENVS, exports)
+    if exports:
+        print(f"deepy.py: exporting to workers: {sorted(redact(exports))}")
+    return int(runner.main(argv) or 0)
 
 
 if __name__ == "__main__":

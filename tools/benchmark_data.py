@@ -83,6 +83,7 @@ def index_build_seconds(docs: int) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the three measurements and print them."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokenizer-type", default="CharLevelTokenizer")
     p.add_argument("--vocab-file", default=None)
@@ -101,11 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         mb = path.stat().st_size / 2**20
         print(f"input: {len(texts)} documents, {mb:.1f} MB; tokenizer {args.tokenizer_type}")
         print(f"bare tokenizer (1 core): {mbs:8.2f} MB/s {tps:12.0f} tokens/s")
-        tokens = None
         for workers in (1, 2):
             secs = preprocess(args, path, workers, out)
-            if tokens is None:
-                tokens = int(np.fromfile(out / "w1_text_document.bin", dtype=np.uint8).size)
             rate = mb / secs
             print(f"preprocess --workers {workers}: {rate:8.2f} MB/s "
                   f"({rate / workers / mbs:.0%} of bare per worker, {secs:.2f} s incl. start-up)")

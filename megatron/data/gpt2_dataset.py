@@ -7,6 +7,7 @@ GPT-NeoX and this trainer and keep its data order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -46,9 +47,17 @@ def index_map_paths(stem: str) -> list[str]:
 def _save_atomic(path: str, array: np.ndarray) -> None:
     """np.save to a private temporary name, then rename: readers never see a partial file."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=True)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
+        raise DataError(
+            f"cannot write index map {path}: {exc}; GPT-NeoX caches index maps next to the "
+            "data, so its folder must be writable (or copy the data somewhere writable)"
+        ) from exc
 
 
 def _wait_for(paths: list[str], timeout: float) -> None:

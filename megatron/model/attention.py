@@ -75,7 +75,8 @@ class SelfAttention(nn.Module):
                              if spec.use_qk_layernorm else None)
         kernel_name, self.window = kernel_and_window(spec, layer)
         self.kernel = ATTENTION_KERNELS.get(kernel_name)
-        self.coeff = float(layer + 1) if spec.apply_query_key_layer_scaling else 1.0
+        # GPT-NeoX numbers layers from 0 here and uses max(1, layer_number).
+        self.coeff = float(max(1, layer)) if spec.apply_query_key_layer_scaling else 1.0
         self.softmax_fp32 = spec.attention_softmax_in_fp32 or spec.apply_query_key_layer_scaling
         self.dropout_p = spec.attention_dropout
 

@@ -16,6 +16,8 @@ _NORM_PARAMS = {
     "rmsnorm": lambda dim, bias: dim * (2 if bias else 1),
     "scalenorm": lambda dim, bias: 1,
     "non_parametric_layernorm": lambda dim, bias: 0,
+    "te_layernorm": lambda dim, bias: dim * (2 if bias else 1),
+    "te_rmsnorm": lambda dim, bias: dim,
 }
 
 

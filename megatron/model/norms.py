@@ -68,6 +68,32 @@ class ScaleNorm(nn.Module):
         return x / x.norm(2, dim=-1, keepdim=True).clamp(min=self.eps) * self.g
 
 
+@NORMS.register("te_layernorm")
+class TELayerNorm(LayerNorm):
+    """Transformer Engine's LayerNorm as plain PyTorch: same math and names as ``layernorm``.
+
+    GPT-NeoX's ``te_*`` norms need the TE package and a GPU; these equivalents run anywhere
+    and load the same checkpoints.
+    """
+
+
+@NORMS.register("te_rmsnorm")
+class TERMSNorm(nn.Module):
+    """Transformer Engine's RMSNorm as plain PyTorch: ``weight * x / sqrt(mean(x^2) + eps)``.
+
+    Unlike GPT-NeoX's own ``rmsnorm`` the eps sits inside the square root and the gain is
+    named ``weight`` (TE's name), so TE-trained checkpoints load unchanged.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-8, bias: bool = False) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
+
 def build_norm(name: str, dim: int, eps: float, bias: bool) -> nn.Module:
     """The single build site for norms (final norm, block norms, QK norm)."""
     return NORMS.get(name)(dim, eps=eps, bias=bias)

@@ -21,6 +21,8 @@ _EPS_KEY = {
     "non_parametric_layernorm": "layernorm_epsilon",
     "rmsnorm": "rms_norm_epsilon",
     "scalenorm": "scalenorm_epsilon",
+    "te_layernorm": "layernorm_epsilon",
+    "te_rmsnorm": "rms_norm_epsilon",
 }
 _EPS_DEFAULT = {"layernorm_epsilon": 1e-5, "rms_norm_epsilon": 1e-8, "scalenorm_epsilon": 1e-8}
 # Layer types in attention_config that are a transformer block, and the kernel each asks for.
@@ -153,11 +155,25 @@ class ModelSpec:
         if not vocab:
             raise ModelSpecError("padded_vocab_size is not set; compute it from the tokenizer "
                                  "(megatron.tokenizer.padded_vocab_size) and pass it in")
+        _reject_unsupported(get)
         fields: dict[str, Any] = {"padded_vocab_size": vocab}
         for group in (_size_fields, _position_fields, _norm_fields, _mlp_fields,
                       _attention_fields, _block_fields):
             fields.update(group(get))
         return cls(**fields)
+
+
+# GPT-NeoX keys this model does not implement, with the value that means "off".
+_UNSUPPORTED = {"opt_pos_emb_offset": 0, "num_unique_layers": None}
+
+
+def _reject_unsupported(get: _Reader) -> None:
+    """Never silently ignore an architecture option: raise when one we lack is switched on."""
+    for key, off in _UNSUPPORTED.items():
+        value = get(key, off)
+        if value != off and not (key == "num_unique_layers" and value == get("num_layers", 0)):
+            raise ModelSpecError(f"'{key}' = {value!r} is not supported by this model; "
+                                 f"remove it or set it to {off!r}")
 
 
 def _size_fields(get: _Reader) -> dict[str, Any]:

@@ -8,6 +8,7 @@ what it needs from the `Run` this returns, never from globals.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,17 @@ def init_distributed(args: Any) -> None:
     """Start torch.distributed through DeepSpeed (gloo on CPU, NCCL on CUDA)."""
     import deepspeed
 
+    from megatron.launch import distributed_env
+
+    # Under MPI or SLURM the ranks come from the scheduler's variables, not torchrun's.
+    os.environ.update(
+        distributed_env(
+            os.environ,
+            master_addr=args.master_addr,
+            master_port=args.master_port,
+            hostfile=args.hostfile,
+        )
+    )
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=args.distributed_backend, auto_mpi_discovery=True)
 

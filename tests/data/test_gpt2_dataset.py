@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -162,3 +163,12 @@ def test_labels_are_served_aligned(tmp_path: Path) -> None:
 def test_unknown_pack_impl(corpus: str) -> None:
     with pytest.raises(DataError, match="pack_impl 'tight' is unknown"):
         _reference_dataset(corpus, pack_impl="tight")
+
+
+
+def test_unwritable_cache_is_a_clear_error(corpus: str) -> None:
+    # A directory squatting on the temporary name makes the write fail even for root.
+    doc_map = index_map_paths(index_map_prefix(corpus, "train", 200, 32, 1234, "packed", True))[0]
+    Path(f"{doc_map}.tmp-{os.getpid()}").mkdir()
+    with pytest.raises(DataError, match="cannot write index map .*doc_idx.npy"):
+        _reference_dataset(corpus)

@@ -140,3 +140,15 @@ def test_query_key_layer_scaling_does_not_change_fp32_attention() -> None:
     q, k, v = _qkv(3)
     torch.testing.assert_close(reference_attention(q, k, v, coeff=5.0),
                                reference_attention(q, k, v), atol=1e-6, rtol=1e-6)
+
+
+def test_attention_types_choose_kernel_and_window() -> None:
+    from megatron.model.attention import DEFAULT_LOCAL_WINDOW, kernel_and_window
+
+    spec = tiny_spec(num_layers=3, attention_config=("global", "local", "flash"))
+    assert [kernel_and_window(spec, i) for i in range(3)] == [
+        ("sdpa", None), ("sdpa", DEFAULT_LOCAL_WINDOW), ("flash", None)]
+    windowed = tiny_spec(num_layers=3, attention_config=("global", "local", "flash"),
+                         sliding_window_width=4, attention_kernel="reference")
+    assert [kernel_and_window(windowed, i) for i in range(3)] == [
+        ("reference", 4), ("reference", 4), ("flash", 4)]

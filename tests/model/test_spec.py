@@ -109,3 +109,11 @@ def test_every_spec_field_is_read_from_its_gpt_neox_key() -> None:
                          "padded_vocab_size"}
     assert spec.norm_eps == 1e-3 and spec.tie_word_embeddings is False
     assert spec.intermediate_size == 96 and spec.attention_config == ("flash", "global")
+
+
+def test_architecture_options_we_lack_are_errors_not_ignored() -> None:
+    with pytest.raises(ModelSpecError, match="'opt_pos_emb_offset' = 2 is not supported"):
+        ModelSpec.from_args(_args(opt_pos_emb_offset=2))
+    with pytest.raises(ModelSpecError, match="'num_unique_layers' = 1"):
+        ModelSpec.from_args(_args(num_unique_layers=1))
+    assert ModelSpec.from_args(_args(num_unique_layers=2)).num_layers == 2  # all unique

@@ -236,18 +236,23 @@ def check_deepspeed_engine_with_mpu(rank: int, world_size: int) -> None:
     engine.backward((out * dense[5]).sum() / B)
     engine.step()
     # grads are ref / B with norm / B; clipped to max_norm the update is ref * max_norm / norm
-    _check_clipped_step(engine.module, before, ref, max_norm / float(norm), groups.tp.rank, "")
+    keys = {n: n for n in before}
+    _check_clipped_step(engine.module, before, ref, max_norm / float(norm), groups.tp.rank, keys)
 
 
 def _check_clipped_step(module: torch.nn.Module, before: dict, ref: dict, scale: float,
-                        tp_rank: int, prefix: str) -> None:
+                        tp_rank: int, keys: dict[str, str]) -> None:
+    """Each parameter moved by ``-scale * (its block of the dense gradient)``."""
     k = FF // 2
     own = {"col.weight": ref["w1"][tp_rank * k:(tp_rank + 1) * k],
            "col.bias": ref["b1"][tp_rank * k:(tp_rank + 1) * k],
            "row.weight": ref["w2"][:, tp_rank * k:(tp_rank + 1) * k], "row.bias": ref["b2"]}
+    seen = set()
     for name, p in module.named_parameters():
-        key = name.removeprefix(prefix)
+        key = keys[name]
+        seen.add(key)
         _close(p.detach(), before[name] - own[key] * scale, f"{name} after clipped SGD step")
+    assert seen == set(own), seen
 
 
 def check_pipeline_module_with_topology(rank: int, world_size: int) -> None:
@@ -271,12 +276,11 @@ def check_pipeline_module_with_topology(rank: int, world_size: int) -> None:
                                       optimizer=torch.optim.SGD(module.parameters(), lr=1.0))
     assert engine.grid.get_slice_parallel_rank() == groups.tp.rank
     engine.train_batch(iter([(dense[4], dense[5])]))
-    names = {n.split(".", 1)[0] for n in before}  # PipelineModule names layers "0", "2"
-    assert names == {"0", "2"}, names
-    renamed = {n.replace("0.", "col.", 1).replace("2.", "row.", 1): p
-               for n, p in before.items()}
-    moved = torch.nn.ModuleDict({"col": module._modules["0"], "row": module._modules["2"]})
-    _check_clipped_step(moved, renamed, ref, 0.5, groups.tp.rank, "")
+    # PipelineModule names its layers by index: 0 is col, 2 is row (1, GELU, has no params)
+    keys = {f"{i}.{p}": f"{layer}.{p}" for i, layer in ((0, "col"), (2, "row"))
+            for p in ("weight", "bias")}
+    # the norm of the grads (ref / B) is norm / B, clipped to half of it: the step is ref / 2B
+    _check_clipped_step(engine.module, before, ref, 0.5 / B, groups.tp.rank, keys)
 
 
 def test_mlp_matches_dense():
