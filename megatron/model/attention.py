@@ -95,11 +95,11 @@ class SelfAttention(nn.Module):
         mixed = self.query_key_value(x)  # [b, s, qkv/tp]; gathers the sequence under SP
         b, s, _ = mixed.shape
         q, k, v = self.split_qkv(mixed)
-        q, k = self.positional.rotate(q, k)
-        if self.qk_layernorm is not None:
+        if self.qk_layernorm is not None:  # before rotary, as GPT-NeoX
             # Per-head norm over head_dim; it sees only this rank's heads.
             q = apply_replicated(self.qk_layernorm, q, self.tp)
             k = apply_replicated(self.qk_layernorm, k, self.tp)
+        q, k = self.positional.rotate(q, k)
         if self.kv_heads != self.heads:  # GQA: each kv head serves a group of query heads
             k = k.repeat_interleave(self.heads // self.kv_heads, dim=2)
             v = v.repeat_interleave(self.heads // self.kv_heads, dim=2)

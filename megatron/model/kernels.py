@@ -3,9 +3,9 @@
 ``kernel(q, k, v, *, bias, causal, window, scale, dropout_p, softmax_fp32, coeff) -> out``
 with q, k, v ``[b, heads, s, head_dim]`` (k and v already expanded to the query heads) and
 ``out [b, heads, sq, head_dim]``. ``bias`` is an additive score bias broadcastable to
-``[b, heads, sq, sk]`` (ALiBi, T5-RPE) or None. ``window`` limits each query to the
-``window`` most recent keys (itself included). ``reference`` is the plain-PyTorch oracle the
-others are tested against.
+``[b, heads, sq, sk]`` (ALiBi, T5-RPE) or None. ``window`` is GPT-NeoX's
+``sliding_window_width`` (flash-attn's left window): query ``i`` sees keys
+``i - window .. i``. ``reference`` is the plain-PyTorch oracle the others are tested against.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def keep_mask(sq: int, sk: int, causal: bool, window: int | None,
     """Boolean ``[sq, sk]`` mask of the (query, key) pairs allowed to attend, or None.
 
     Queries are the last ``sq`` positions of the ``sk`` keys, so a key is in the past when
-    ``j <= i + (sk - sq)``; with a window it must also satisfy ``i + (sk - sq) - j < window``.
+    ``j <= i + (sk - sq)``; with a window it must also satisfy ``i + (sk - sq) - j <= window``.
     """
     if not causal and window is None:
         return None
@@ -37,7 +37,7 @@ def keep_mask(sq: int, sk: int, causal: bool, window: int | None,
     if causal:
         keep &= k_pos <= q_pos
     if window is not None:
-        keep &= (q_pos - k_pos) < window
+        keep &= (q_pos - k_pos) <= window
     return keep
 
 
@@ -112,7 +112,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     except ImportError as err:
         raise ModelSpecError("attention type 'flash' needs the flash-attn package on GPU "
                              "machines: pip install flash-attn (see requirements/)") from err
-    window_size = (-1, -1) if window is None else (window - 1, 0)
+    window_size = (-1, -1) if window is None else (window, 0)
     out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                           dropout_p=dropout_p, softmax_scale=scale, causal=causal,
                           window_size=window_size)  # [b, s, nh, d]

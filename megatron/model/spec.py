@@ -90,6 +90,10 @@ class ModelSpec:
             if kind not in TRANSFORMER_ATTENTION:
                 raise ModelSpecError(f"attention_config type '{kind}' is not supported; "
                                      f"expected one of {list(TRANSFORMER_ATTENTION)}")
+        if self.pos_emb == "rotary" and self.rotary_dims % 2:
+            raise ModelSpecError(
+                f"rotary_pct = {self.rotary_pct} rotates {self.rotary_dims} of {self.head_dim} "
+                "channels per head; rotary needs an even number (pairs of channels)")
         ACTIVATIONS.get(self.activation)  # fail early with the list of valid names
 
     @property

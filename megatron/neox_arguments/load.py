@@ -25,7 +25,10 @@ _EXP_NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"
 class ConfigLoader(yaml.SafeLoader):
     """Safe YAML loader that also reads exponent numbers such as `1e-5` and `5e8` as numbers."""
 
-    yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    # A per-class copy: add_implicit_resolver would otherwise append to SafeLoader's lists.
+    yaml_implicit_resolvers = {
+        k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
 
 def _construct_exp_number(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | float:

@@ -1,7 +1,7 @@
 """Training group: data, objective, iterations, checkpoints, dropout, recompute, loss scale, muP."""
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,8 +10,8 @@ Public API (import from ``megatron.parallel``):
   ``.mpu`` for DeepSpeed (``groups.py``; its docstring says how to hand them to DeepSpeed).
 - Autograd collectives: ``copy_to_tp``, ``reduce_from_tp``, ``scatter_to_tp``,
   ``gather_from_tp``, ``scatter_to_sequence_parallel``, ``gather_from_sequence_parallel``,
-  ``reduce_scatter_to_sequence_parallel``, ``all_reduce_sequence_parallel_grads``
-  (``mappings.py``).
+  ``reduce_scatter_to_sequence_parallel``, ``all_reduce_sequence_parallel_grads``,
+  ``register_sequence_parallel_grad_hooks`` (``mappings.py``).
 - Layers: ``ColumnParallelLinear``, ``RowParallelLinear``, ``VocabParallelEmbedding``, and the
   sharding helpers ``shard``, ``gather_full``, ``set_tp_attributes`` (``layers.py``).
 - ``vocab_parallel_cross_entropy(logits, labels, tp)`` (``cross_entropy.py``).
@@ -42,6 +42,7 @@ from megatron.parallel.mappings import (
     gather_from_tp,
     reduce_from_tp,
     reduce_scatter_to_sequence_parallel,
+    register_sequence_parallel_grad_hooks,
     scatter_to_sequence_parallel,
     scatter_to_tp,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "gather_full",
     "reduce_from_tp",
     "reduce_scatter_to_sequence_parallel",
+    "register_sequence_parallel_grad_hooks",
     "scatter_to_sequence_parallel",
     "scatter_to_tp",
     "set_tp_attributes",

@@ -199,3 +199,22 @@ def all_reduce_sequence_parallel_grads(params: Iterable[torch.nn.Parameter], tp:
     for p in params:
         if getattr(p, "sequence_parallel", False) and p.grad is not None:
             dist.all_reduce(p.grad, group=tp.group)
+
+
+def register_sequence_parallel_grad_hooks(module: torch.nn.Module, tp: Group) -> int:
+    """Make every ``sequence_parallel`` parameter's gradient the sum over the tp group.
+
+    The engine-independent alternative to ``all_reduce_sequence_parallel_grads``: a hook on
+    each such parameter all-reduces its gradient inside autograd, before it is accumulated
+    into ``.grad``, so it also works when DeepSpeed's pipeline engine or ZeRO consume the
+    gradients before user code could run. Call once, after building the model.
+
+    Returns:
+        How many parameters got a hook (0 when ``tp.size == 1``).
+    """
+    if tp.size == 1:
+        return 0
+    params = [p for p in module.parameters() if getattr(p, "sequence_parallel", False)]
+    for p in params:
+        p.register_hook(lambda grad: _all_reduce(grad, tp))
+    return len(params)

@@ -20,14 +20,15 @@ from megatron.data import batch as batch_mod
 from megatron.data.data_utils import (
     DataConfig,
     build_train_valid_test_datasets,
-    make_data_iterator,
     num_samples_for,
 )
+from megatron.data.iterator import make_data_iterator
 from megatron.model import ModelSpec, build_model
 from megatron.parallel import ParallelLayout, ProcessGroups
+from megatron.parallel.random import RNGTracker
 from megatron.tokenizer import build_tokenizer, padded_vocab_size
 from megatron.training.lr_schedules import AnnealingLR, LRSchedule
-from megatron.training.optimizers import build_optimizer, param_groups
+from megatron.training.optimizers import DeepSpeedOptimizer, build_optimizer, param_groups
 from megatron.training.state import seed_everything
 
 LOG = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ def build_spec(args: Any, tokenizer: Any) -> ModelSpec:
     return ModelSpec.from_args(args, padded_vocab_size=vocab)
 
 
+def _device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _deepspeed_config(args: Any) -> dict[str, Any]:
     config = dict(args.deepspeed_config)
     for key in _CLIENT_BUILT:
@@ -115,14 +120,27 @@ def build_run(args: Any) -> Run:
         activation_checkpointing=args.checkpoint_activations,
         checkpoint_num_layers=args.checkpoint_num_layers,
         seed=args.seed,
+        rng_tracker=RNGTracker.from_seed(args.seed, groups.tp.rank, device_type=_device_type()),
     )
-    optimizer = build_optimizer(param_groups(model, args.weight_decay), args.optimizer)
-    scheduler = AnnealingLR(optimizer, LRSchedule.from_args(args))
+    groups_of_params = param_groups(model, args.weight_decay)
+    optimizer = build_optimizer(
+        groups_of_params,
+        args.optimizer,
+        weight_decay=args.weight_decay,
+        use_bnb_optimizer=args.use_bnb_optimizer,
+    )
+    config = _deepspeed_config(args)
+    if isinstance(optimizer, DeepSpeedOptimizer):
+        # DeepSpeed builds this one (e.g. OneBitAdam) from its own config section.
+        config["optimizer"], optimizer, scheduler = optimizer.config, None, None
+    else:
+        scheduler = AnnealingLR(optimizer, LRSchedule.from_args(args))
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
+        model_parameters=groups_of_params if optimizer is None else None,
         lr_scheduler=scheduler,
-        config=_deepspeed_config(args),
+        config=config,
         mpu=None if is_pipe else groups.mpu,
         dist_init_required=False,
     )
@@ -153,8 +171,13 @@ def build_data(run: Run, consumed_samples: int) -> tuple[Iterator | None, Any, A
     return train_iter, valid, test
 
 
-def batches(run: Run, dataset: Any, consumed_samples: int) -> Iterator[tuple]:
-    """Micro-batches as ((tokens, position_ids), (labels, loss_mask)) on the engine's device."""
+def batches(
+    run: Run, dataset: Any, consumed_samples: int, *, cycle: bool = False
+) -> Iterator[tuple]:
+    """Micro-batches as ((tokens, position_ids), (labels, loss_mask)) on the engine's device.
+
+    Evaluation iterators cycle, so a final evaluation never runs out of samples.
+    """
     args = run.args
     raw = make_data_iterator(
         dataset,
@@ -162,6 +185,7 @@ def batches(run: Run, dataset: Any, consumed_samples: int) -> Iterator[tuple]:
         dp_rank=run.groups.dp.rank,
         dp_size=run.groups.dp.size,
         consumed_samples=consumed_samples,
+        cycle=cycle,
     )
     device = run.engine.device
     for item in raw:

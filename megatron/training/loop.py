@@ -17,6 +17,7 @@ from typing import Any
 import torch.distributed as dist
 
 from megatron.training import checkpointing as ckpt
+from megatron.training.reporting import StepReporter
 from megatron.training.state import TrainState, rng_state
 from megatron.training.step import StepResult, eval_loss, train_step
 
@@ -87,21 +88,6 @@ def save(run: Any, state: TrainState) -> None:
     LOG.info("saved checkpoint %s", ckpt.tag_for(state.iteration))
 
 
-def _log_values(run: Any, state: TrainState, result: StepResult, seconds: float) -> dict:
-    a = run.args
-    tokens = a.train_batch_size * a.seq_length
-    return {
-        "lm_loss": result.loss,
-        "learning_rate": run.engine.get_lr()[0],
-        "grad_norm": result.grad_norm,
-        "skipped_steps": state.skipped_steps,
-        "consumed_samples": state.consumed_samples,
-        "consumed_tokens": state.consumed_samples * a.seq_length,
-        "iteration_time_ms": seconds * 1000.0,
-        "tokens_per_sec": tokens / seconds if seconds > 0 else math.nan,
-    }
-
-
 def train(
     run: Any,
     state: TrainState,
@@ -111,6 +97,7 @@ def train(
 ) -> TrainState:
     """Train from `state.iteration` to `train_iters`; returns the final state."""
     a = run.args
+    reporter = StepReporter(run, metrics)
     stop = StopFlag()
     stop.install()
     save_at = ckpt.save_iterations(
@@ -124,8 +111,7 @@ def train(
         state.iteration += 1
         state.consumed_samples += a.train_batch_size
         _count_skips(state, result, a)
-        if state.iteration % a.log_interval == 0 or state.iteration == 1:
-            metrics.log(state.iteration, _log_values(run, state, result, seconds))
+        reporter.step(state, result, seconds)
         if valid_data is not None and a.eval_interval and state.iteration % a.eval_interval == 0:
             evaluate(run, state, valid_data, metrics, "validation")
         if state.iteration in save_at:
@@ -168,4 +154,6 @@ def evaluate(run: Any, state: TrainState, data: Iterator[tuple], metrics: Any, n
     loss = eval_loss(run, data, run.args.eval_iters)
     ppl = math.exp(min(loss, 20.0))
     metrics.log(state.iteration, {f"{name}/lm_loss": loss, f"{name}/lm_loss_ppl": ppl})
+    if run.is_rank0:
+        LOG.info("iteration %d: %s loss %.4f, perplexity %.2f", state.iteration, name, loss, ppl)
     return loss

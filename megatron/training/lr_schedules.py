@@ -176,6 +176,22 @@ class AnnealingLR:
         self.step(start_iter)
         log.info("learning rate decay style: %s", schedule.style)
 
+    @classmethod
+    def from_args(cls, optimizer: Any, args: Any, start_iter: int = 0) -> AnnealingLR:
+        """Schedule and resume flags from GPT-NeoX keys (duck-typed).
+
+        ``use_checkpoint_lr_scheduler`` and ``override_lr_scheduler`` default to False as in
+        GPT-NeoX's config, so a checkpoint whose schedule differs from the config is an error
+        unless one of them is set.
+        """
+        return cls(
+            optimizer,
+            LRSchedule.from_args(args),
+            start_iter,
+            use_checkpoint_lr_scheduler=bool(getattr(args, "use_checkpoint_lr_scheduler", False)),
+            override_lr_scheduler=bool(getattr(args, "override_lr_scheduler", False)),
+        )
+
     def get_lr(self) -> float:
         """The base learning rate at the current iteration (before any ``lr_scale``)."""
         return self.schedule.lr_at(self.num_iters)

@@ -226,22 +226,32 @@ def _jsonl_key(name: str) -> str:
 
 
 class JsonlSink:
-    """``metrics.jsonl``: one JSON object per call, appended, for scripts and plots."""
+    """``metrics.jsonl``: one JSON object per logged iteration, appended, for scripts and plots.
+
+    A second call for the same iteration (say, validation after the training values) merges
+    into that iteration's line: the line is rewritten in place rather than duplicated.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
+        self._last: dict[str, Any] | None = None
+        self._last_offset = 0
 
     def write(self, iteration: int, values: Mapping[str, float]) -> None:
         """Append ``{"iteration": ..., core keys (null if absent), every other value}``."""
-        record: dict[str, Any] = {"iteration": iteration}
-        record.update({key: None for key in JSONL_CORE})
-        for key, value in values.items():
-            finite = value is not None and math.isfinite(value)
-            record[_jsonl_key(key)] = value if finite else None
+        fresh = {_jsonl_key(k): v if v is not None and math.isfinite(v) else None
+                 for k, v in values.items()}
+        if self._last is not None and self._last["iteration"] == iteration:
+            record = {**self._last, **fresh}
+            self._file.truncate(self._last_offset)  # drop the line we are replacing
+        else:
+            record = {"iteration": iteration, **{key: None for key in JSONL_CORE}, **fresh}
+            self._last_offset = self._file.tell()
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        self._last = record
 
     def close(self) -> None:
         """Close the file."""
@@ -251,8 +261,8 @@ class JsonlSink:
 class MetricsLogger:
     """Fans ``log(iteration, values)`` out to every sink.
 
-    Pass train and validation values for one iteration in one call where possible, so
-    ``metrics.jsonl`` holds one object per iteration.
+    Several calls for one iteration are fine: TensorBoard and W&B record each value at that
+    step, and ``metrics.jsonl`` merges them into one object.
     """
 
     def __init__(self, sinks: list[Sink] | None = None) -> None:

@@ -44,15 +44,17 @@ def pretrain(args: Any) -> int:
     """Train as the config says; returns the process exit code."""
     run = build_run(args)
     state = resume(run)
-    metrics = MetricsLogger.from_args(args, is_rank0=run.is_rank0)
+    metrics = MetricsLogger.from_args(
+        args, rank=0 if run.is_rank0 else 1, all_config=args.all_config
+    )
     try:
         train_iter, valid, test = build_data(run, state.consumed_samples)
-        valid_iter = batches(run, valid, 0) if valid is not None else None
+        valid_iter = batches(run, valid, 0, cycle=True) if valid is not None else None
         state = train(run, state, train_iter, valid_iter, metrics)
         if valid_iter is not None and args.eval_iters:
             evaluate(run, state, valid_iter, metrics, "validation")
         if test is not None and args.eval_iters:
-            evaluate(run, state, batches(run, test, 0), metrics, "test")
+            evaluate(run, state, batches(run, test, 0, cycle=True), metrics, "test")
     finally:
         metrics.close()
     return 0

@@ -120,20 +120,21 @@ def test_every_kernel_equals_reference(kernel: str, window: int | None, with_bia
 def test_reference_matches_hand_softmax_at_one_position() -> None:
     q, k, v = _qkv(1)
     out = reference_attention(q, k, v, window=3)
-    i = 5  # keys 3, 4, 5 are inside the window
-    scores = (q[0, 1, i] @ k[0, 1, 3:6].T) / math.sqrt(8)
-    expected = torch.softmax(scores, -1) @ v[0, 1, 3:6]
+    i = 5  # keys 2, 3, 4, 5 are inside the window (i - 3 .. i, as flash-attn's left window)
+    scores = (q[0, 1, i] @ k[0, 1, 2:6].T) / math.sqrt(8)
+    expected = torch.softmax(scores, -1) @ v[0, 1, 2:6]
     torch.testing.assert_close(out[0, 1, i], expected, atol=1e-6, rtol=1e-6)
 
 
 def test_local_attention_ignores_keys_beyond_the_window() -> None:
     q, k, v = _qkv(2)
     v2 = v.clone()
-    v2[:, :, 1] += 100.0  # position 1 is outside the window of query 4 (keys 2..4)
+    v2[:, :, 1] += 100.0  # position 1 is outside the window of queries 5, 6 (keys 2.. / 3..)
     a = reference_attention(q, k, v, window=3)
     b = reference_attention(q, k, v2, window=3)
-    torch.testing.assert_close(a[:, :, 4:], b[:, :, 4:])
-    assert not torch.allclose(a[:, :, 1:4], b[:, :, 1:4])
+    torch.testing.assert_close(a[:, :, 5:], b[:, :, 5:])
+    for i in range(1, 5):  # queries 1..4 still see position 1
+        assert not torch.allclose(a[:, :, i], b[:, :, i])
 
 
 def test_query_key_layer_scaling_does_not_change_fp32_attention() -> None:

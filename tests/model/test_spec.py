@@ -82,6 +82,8 @@ def test_invalid_specs_name_the_problem() -> None:
         ModelSpec.from_args(_args(activation="swigloo"))
     with pytest.raises(ModelSpecError, match="'gmlp' is not supported"):
         ModelSpec.from_args(_args(attention_config=["gmlp", "global"]))
+    with pytest.raises(ModelSpecError, match="rotates 3 of 16 channels"):
+        ModelSpec.from_args(_args(pos_emb="rotary", rotary_pct=0.2))
     with pytest.raises(ModelSpecError, match="hidden_size"):
         ModelSpec.from_args(_args(hidden_size=None))
 

@@ -22,6 +22,7 @@ from megatron.parallel import (
     gather_from_tp,
     gather_full,
     reduce_scatter_to_sequence_parallel,
+    register_sequence_parallel_grad_hooks,
     scatter_to_sequence_parallel,
     scatter_to_tp,
     vocab_parallel_cross_entropy,
@@ -78,14 +79,14 @@ def _check_mlp(groups: ProcessGroups, sequence_parallel: bool) -> None:
     dense = _dense_mlp(seed=5)
     ref_out, ref = _reference_grads(dense)
     col, row = _tp_mlp(groups, dense, sequence_parallel)
+    if sequence_parallel:  # only the row bias is replicated inside the sequence-parallel region
+        assert register_sequence_parallel_grad_hooks(torch.nn.Sequential(col, row), groups.tp) == 1
     r, k, s = groups.tp.rank, FF // groups.tp.size, S // groups.tp.size
     rows = slice(r * s, (r + 1) * s)  # this rank's block of the sequence
     x = (dense[4][:, rows] if sequence_parallel else dense[4]).clone().requires_grad_()
     out = row(F.gelu(col(x)))
     upstream = dense[5][:, rows] if sequence_parallel else dense[5]
     (out * upstream).sum().backward()
-    if sequence_parallel:
-        all_reduce_sequence_parallel_grads(row.parameters(), groups.tp)
     tag = "sp" if sequence_parallel else "tp"
     _close(out, ref_out[:, rows] if sequence_parallel else ref_out, f"{tag} output")
     _close(x.grad, ref["x"][:, rows] if sequence_parallel else ref["x"], f"{tag} input grad")
@@ -126,6 +127,11 @@ def check_mappings_round_trip(rank: int, world_size: int) -> None:
     _close(part, 3 * full[:, rank * 2:rank * 2 + 2], "reduce_scatter value")
     (part * upstream[:, rank * 2:rank * 2 + 2]).sum().backward()
     _close(x.grad, upstream, "reduce_scatter grad (all-gather)")
+    shared, sharded = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    shared.sequence_parallel, sharded.sequence_parallel = True, False
+    shared.grad, sharded.grad = torch.full((2,), rank + 1.0), torch.full((2,), rank + 1.0)
+    all_reduce_sequence_parallel_grads([shared, sharded], tp)
+    assert shared.grad.tolist() == [3.0, 3.0] and sharded.grad.tolist() == [rank + 1.0] * 2
 
 
 def check_embedding_and_cross_entropy(rank: int, world_size: int) -> None:
@@ -146,6 +152,14 @@ def check_embedding_and_cross_entropy(rank: int, world_size: int) -> None:
     (out * upstream).sum().backward()
     _close(out, ref.detach(), "embedding output")
     _close(emb.weight.grad, ref_table.grad[own], "embedding grad")
+    sp = VocabParallelEmbedding(vocab, H, tp, sequence_parallel=True)
+    with torch.no_grad():
+        sp.weight.copy_(table[own])
+    rows = slice(rank * S // world_size, (rank + 1) * S // world_size)
+    sp_out = sp(ids)  # [b, s/tp, h]: reduce-scattered along the sequence
+    (sp_out * upstream[:, rows]).sum().backward()
+    _close(sp_out, ref.detach()[:, rows], "sequence-parallel embedding output")
+    _close(sp.weight.grad, ref_table.grad[own], "sequence-parallel embedding grad")
 
     logits = torch.randn(B, S, vocab, generator=g) * 4
     weights = torch.rand(B, S, generator=g)

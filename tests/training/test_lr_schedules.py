@@ -153,3 +153,16 @@ def test_both_flags_is_an_error() -> None:
     with pytest.raises(LRScheduleError, match="both true"):
         AnnealingLR(_optimizer(), LRSchedule(**BASE), override_lr_scheduler=True)
 
+
+
+def test_from_args_reads_resume_flags_with_gpt_neox_defaults() -> None:
+    opt = _optimizer()
+    sched = AnnealingLR.from_args(opt, _args(lr_decay_style="linear"))
+    assert (sched.use_checkpoint_lr_scheduler, sched.override_lr_scheduler) == (False, False)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0001)  # 0.001 * 1 / 10 warmup iters
+    with pytest.raises(LRScheduleError, match="start_lr=2.0"):
+        sched.load_state_dict(_saved())
+    flagged = AnnealingLR.from_args(opt, _args(use_checkpoint_lr_scheduler=True), start_iter=3)
+    assert flagged.num_iters == 3
+    flagged.load_state_dict(_saved())
+    assert flagged.get_lr() == pytest.approx(1.5)

@@ -48,6 +48,19 @@ def test_jsonl_lines_parse_and_hold_the_keys(tmp_path: Path) -> None:
     assert second["grad_norm"] is None and second["lm_loss"] == 2.25
 
 
+def test_jsonl_merges_calls_for_the_same_iteration(tmp_path: Path) -> None:
+    logger = MetricsLogger.from_args(_args(tmp_path), rank=0)
+    logger.log(1, STEP1)
+    logger.log(1, {VAL_LOSS: 3.0})
+    logger.log(2, {LM_LOSS: 2.0})
+    logger.log(2, {VAL_LOSS: 1.5, LM_LOSS: None})  # None entries never clobber values
+    logger.close()
+    lines = [json.loads(x) for x in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["iteration"], x["lm_loss"], x["validation/lm_loss"]) for x in lines] == [
+        (1, 2.5, 3.0), (2, 2.0, 1.5)]
+    assert lines[0]["grad_norm"] == 0.75
+
+
 def test_jsonl_appends_on_resume_and_writes_non_finite_as_null(tmp_path: Path) -> None:
     _log_two_steps(MetricsLogger.from_args(_args(tmp_path), rank=0))
     logger = MetricsLogger.from_args(_args(tmp_path), rank=0)
@@ -121,6 +134,7 @@ def test_wandb_offline_run_holds_metrics_and_no_secret(
     # Keys with a "/" are stored as nested_key parts.
     history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
                for r in records if r.WhichOneof("record_type") == "history"]
+    print("TYPES", [r.WhichOneof("record_type") for r in records], Path(run_file).stat().st_size)
     assert [(h["_step"], h[LM_LOSS]) for h in history] == [(1, 2.5), (2, 2.25)]
     assert history[1][VAL_LOSS] == 2.0
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
