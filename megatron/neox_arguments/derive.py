@@ -53,6 +53,8 @@ def derive_batch(values: Values) -> None:
     """Fill the batch triad train_batch_size = micro * grad_accum * dp from the given keys."""
     if values.get("train_micro_batch_size_per_gpu") is None and values.get("batch_size"):
         values["train_micro_batch_size_per_gpu"] = values["batch_size"]
+    if values.get("gradient_accumulation_steps") is None and values.get("gas"):
+        values["gradient_accumulation_steps"] = values["gas"]
     dp = data_parallel_size(values)
     tbs = values.get("train_batch_size")
     micro = values.get("train_micro_batch_size_per_gpu")
@@ -129,6 +131,23 @@ def expand_attention_config(config: Any, num_layers: int) -> list[str] | None:
     return layers
 
 
+def derive_legacy_mlp(values: Values) -> None:
+    """Older GPT-NeoX configs ask for LLaMA's MLP with `mlp_type: llama` (and silu).
+
+    Its width, int(2 * 4h / 3) rounded up to 256, is what today's keys give with swiglu,
+    intermediate_size 8h and mlp_multiple_of 256.
+    """
+    if values.get("mlp_type") != "llama":
+        return
+    if values.get("activation", "gelu") in ("silu", "swish", "gelu"):
+        values["activation"] = "swiglu"
+    hidden = values.get("hidden_size")
+    if hidden and values.get("intermediate_size") is None and not values.get("expansion_factor"):
+        values["intermediate_size"] = 8 * hidden
+    values.setdefault("mlp_multiple_of", 256)
+    values["mlp_type"] = "regular"
+
+
 def derive_layers(values: Values) -> None:
     """Per-layer attention types, pipeline flag, and LR decay length."""
     layers = values.get("num_layers")
@@ -179,6 +198,7 @@ def derive(values: Values, resources: Resources) -> Values:
     derive_batch(out)
     derive_precision(out)
     derive_optimizer(out)
+    derive_legacy_mlp(out)
     derive_layers(out)
     if not resources.has_cuda:
         for substitute in CPU_SUBSTITUTIONS:

@@ -32,6 +32,9 @@ class LoggingArgs:
     git_hash: str | None = None
     """Commit of the code that ran; recorded for reproducibility."""
 
+    peak_theoretical_tflops: float | None = None
+    """Peak TFLOPS of one device, to report model FLOPs utilisation; None skips MFU."""
+
     log_dir: str | None = None
     """Folder for text logs."""
 

@@ -53,14 +53,14 @@ class ModelArgs:
     max_position_embeddings: int | None = None
     """Longest sequence the position encoding supports (required for training)."""
 
-    norm: Literal[
-        "layernorm", "rmsnorm", "non_parametric_layernorm", "scalenorm", "te_rmsnorm",
-        "te_layernorm",
-    ] = "layernorm"
+    norm: Literal["layernorm", "rmsnorm", "scalenorm", "te_rmsnorm", "te_layernorm"] = "layernorm"
     """Normalisation layer used in every block and before the output layer."""
 
     layernorm_fusion: bool = False
     """Use a fused LayerNorm kernel (speed only)."""
+
+    rmsnorm_fusion: bool = False
+    """Use a fused RMSNorm kernel (speed only)."""
 
     use_qk_layernorm: bool = False
     """Normalise queries and keys before attention."""
@@ -172,6 +172,9 @@ class ModelArgs:
 
     use_bias_in_mlp: bool = True
     """Give the MLP projections biases."""
+
+    mlp_type: Literal["regular", "llama"] = "regular"
+    """Older GPT-NeoX MLP switch; 'llama' is derived to activation swiglu, width 8h, multiple 256."""
 
     use_flashattn_swiglu: bool = False
     """Use flash-attn's fused SwiGLU kernel (speed only)."""

@@ -8,7 +8,7 @@ from typing import Literal
 class OtherArgs:
     """Keys that belong to no other group."""
 
-    distributed_backend: Literal["nccl", "gloo", "mpi"] = "nccl"
+    distributed_backend: Literal["nccl", "gloo", "mpi", "ccl", "hccl"] = "nccl"
     """torch.distributed backend; without CUDA nccl is replaced by gloo."""
 
     local_rank: int | None = None

@@ -41,6 +41,12 @@ class ParallelArgs:
     moe_router_type: Literal["sinkhorn", "topk"] = "sinkhorn"
     """Token-to-expert routing algorithm."""
 
+    moe_glu: bool = False
+    """Use gated (GLU) MLPs as experts."""
+
+    use_tutel: bool = False
+    """Use Tutel's MoE kernels."""
+
     moe_lbl_in_fp32: bool = False
     """Compute the MoE load-balancing loss in fp32."""
 

@@ -8,8 +8,13 @@ from typing import Literal
 class TextGenArgs:
     """How samples are drawn when the model generates text."""
 
-    text_gen_type: Literal["unconditional", "input-file", "interactive"] | None = None
-    """Where prompts come from: none, a file, or the terminal."""
+    text_gen_type: Literal["unconditional", "input-file", "interactive", "precompute"] | None = (
+        None
+    )
+    """Where prompts come from (none, a file, the terminal), or precompute reference log-probs."""
+
+    precompute_model_name: str | None = None
+    """Name under which precomputed reference-model log-probs are saved (DPO)."""
 
     temperature: float = 0.0
     """Sampling temperature; 0 is greedy."""

@@ -20,17 +20,26 @@ class TrainingArgs:
     train_label_data_paths: list[str] | None = None
     """Label datasets aligned with train_data_paths (-100 tokens are masked)."""
 
+    train_reward_data_paths: list[str] | None = None
+    """Reward datasets aligned with train_data_paths (reward-model training)."""
+
     test_data_paths: list[str] | None = None
     """Test dataset prefixes."""
 
     test_label_data_paths: list[str] | None = None
     """Label datasets aligned with test_data_paths."""
 
+    test_reward_data_paths: list[str] | None = None
+    """Reward datasets aligned with test_data_paths."""
+
     valid_data_paths: list[str] | None = None
     """Validation dataset prefixes."""
 
     valid_label_data_paths: list[str] | None = None
     """Label datasets aligned with valid_data_paths."""
+
+    valid_reward_data_paths: list[str] | None = None
+    """Reward datasets aligned with valid_data_paths."""
 
     pos_train_data_paths: list[str] | None = None
     """Pairwise (DPO/RM) training: preferred samples."""
@@ -67,9 +76,6 @@ class TrainingArgs:
 
     neg_test_label_data_paths: list[str] | None = None
     """Pairwise test: labels of the rejected samples."""
-
-    precompute_model_name: str | None = None
-    """Name under which reference-model log-probs were precomputed (DPO)."""
 
     train_impl: Literal["normal", "dpo", "rm", "kto"] = "normal"
     """Training objective: language modelling, DPO, reward model, or KTO."""
@@ -116,6 +122,9 @@ class TrainingArgs:
     data_impl: Literal["infer", "mmap", "cached"] = "infer"
     """Format of the indexed datasets."""
 
+    pack_impl: Literal["packed", "pack_until_overflow", "unpacked"] = "packed"
+    """How documents fill samples: concatenated, whole documents until full, or one each."""
+
     mmap_warmup: bool = False
     """Read the memory-mapped data once at start to warm the page cache."""
 
@@ -140,7 +149,7 @@ class TrainingArgs:
     checkpoint_scale: Literal["linear", "log"] = "linear"
     """Save every checkpoint_factor iterations ('linear') or at powers of it ('log')."""
 
-    checkpoint_factor: int | None = None
+    checkpoint_factor: int | float | None = None
     """Checkpoint interval (linear) or base (log)."""
 
     extra_save_iters: list[int] | None = None
@@ -227,6 +236,9 @@ class TrainingArgs:
     partition_activations: bool = False
     """Split checkpointed activations over the tensor-parallel ranks."""
 
+    gas: int | None = None
+    """Old name of gradient_accumulation_steps, read when that key is not given."""
+
     clip_grad: float = 1.0
     """Gradient norm clipping used outside DeepSpeed (DeepSpeed uses gradient_clipping)."""
 
@@ -282,7 +294,7 @@ class TrainingArgs:
     """Sample format: plain token windows or preference pairs."""
 
     label_data_paths: list[str] | None = None
-    """Label datasets aligned with data_path."""
+    """Ours: label dataset aligned with data_path (GPT-NeoX only has the per-split keys)."""
 
     z_loss: float = 0.0
     """Weight of the z-loss (squared log-partition) regulariser."""

@@ -74,6 +74,15 @@ def check_kv_heads(values: Values, origins: Origins) -> list[Problem]:
     return []
 
 
+def check_mlp_width(values: Values, origins: Origins) -> list[Problem]:
+    """intermediate_size and expansion_factor are two ways to say the same thing."""
+    if values.get("intermediate_size") and values.get("expansion_factor"):
+        return [_problem("expansion_factor", values, origins,
+                         f"conflicts with intermediate_size={values['intermediate_size']}",
+                         "set only one of them")]
+    return []
+
+
 def check_batch_triad(values: Values, origins: Origins) -> list[Problem]:
     """train_batch_size = micro * grad_accum * dp, with dp = gpus / (max(pp, 1) * tp)."""
     gpus = values.get("global_num_gpus")
@@ -151,6 +160,7 @@ CHECKS: list[Callable[[Values, Origins], list[Problem]]] = [
     check_hidden_divisible_by_heads,
     check_heads_divisible_by_tp,
     check_kv_heads,
+    check_mlp_width,
     check_batch_triad,
     check_zero_with_pipeline,
     check_attention_config,

@@ -151,14 +151,16 @@ def save_iterations(
     checkpoint_scale: str = "linear",
     extra_save_iters: Iterable[int] | None = None,
 ) -> set[int]:
-    """Iterations at which GPT-NeoX saves: every `factor` steps, or at powers of `factor`."""
+    """Iterations at which GPT-NeoX saves: every `factor` steps, or at powers of `factor`.
+
+    As in GPT-NeoX, counting starts at `factor` itself (never step 0 or 1) and stops
+    before `train_iters`; the loop saves the final iteration separately.
+    """
     iters: set[int] = set(extra_save_iters or [])
     if checkpoint_factor:
-        if checkpoint_scale == "log":
-            value = 1.0
-            while value < train_iters:
-                iters.add(int(value))
-                value *= float(checkpoint_factor)
-        else:
-            iters.update(range(int(checkpoint_factor), train_iters, int(checkpoint_factor)))
+        factor = float(checkpoint_factor)
+        step = factor
+        while step < train_iters:
+            iters.add(int(step))
+            step = step * factor if checkpoint_scale == "log" else step + factor
     return {i for i in iters if 0 < i <= train_iters}

@@ -48,6 +48,7 @@ class Run:
     engine: Any
     loss_fn: Callable
     is_pipe: bool
+    rng_tracker: RNGTracker
 
     @property
     def is_rank0(self) -> bool:
@@ -112,6 +113,8 @@ def build_run(args: Any) -> Run:
     tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file)
     spec = build_spec(args, tokenizer)
     is_pipe = args.pipe_parallel_size >= 1
+    # Dropout streams: shared where the model is replicated, per-rank inside TP shards.
+    tracker = RNGTracker.from_seed(args.seed, groups.tp.rank, device_type=_device_type())
     model, loss_fn = build_model(
         spec,
         groups,
@@ -120,7 +123,7 @@ def build_run(args: Any) -> Run:
         activation_checkpointing=args.checkpoint_activations,
         checkpoint_num_layers=args.checkpoint_num_layers,
         seed=args.seed,
-        rng_tracker=RNGTracker.from_seed(args.seed, groups.tp.rank, device_type=_device_type()),
+        rng_tracker=tracker,
     )
     groups_of_params = param_groups(model, args.weight_decay)
     optimizer = build_optimizer(
@@ -144,7 +147,26 @@ def build_run(args: Any) -> Run:
         mpu=None if is_pipe else groups.mpu,
         dist_init_required=False,
     )
-    return Run(args, groups, tokenizer, spec, engine, loss_fn, is_pipe)
+    _keep_fp32_grad_norm(engine)
+    return Run(args, groups, tokenizer, spec, engine, loss_fn, is_pipe, tracker)
+
+
+def _keep_fp32_grad_norm(engine: Any) -> None:
+    """Record the pre-clipping gradient norm that DeepSpeed computes and drops in fp32.
+
+    With fp16, bf16 or ZeRO DeepSpeed's optimizer wrapper reports the norm; in plain fp32
+    it clips through `clip_fp32_gradients` and throws the norm away, so we keep it there.
+    """
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    def clip() -> None:
+        engine._global_grad_norm = clip_grad_norm_(
+            parameters=engine.module.parameters(),
+            max_norm=engine.gradient_clipping(),
+            mpu=engine.mpu,
+        )
+
+    engine.clip_fp32_gradients = clip
 
 
 def build_data(run: Run, consumed_samples: int) -> tuple[Iterator | None, Any, Any]:

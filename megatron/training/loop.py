@@ -57,6 +57,7 @@ def client_state(run: Any, state: TrainState) -> dict[str, Any]:
         "iteration": state.iteration,
         "train_state": state.to_dict(),
         "rng_state": rng_state(),
+        "rng_tracker": run.rng_tracker.get_states(),
         "args": {
             "num_layers": a.num_layers,
             "hidden_size": a.hidden_size,

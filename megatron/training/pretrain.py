@@ -35,6 +35,7 @@ def resume(run: Any) -> TrainState:
         return TrainState()
     if not a.no_load_rng and "rng_state" in client:
         set_rng_state(client["rng_state"])
+        run.rng_tracker.set_states(client["rng_tracker"])
     state = TrainState.from_dict(client.get("train_state", {"iteration": client["iteration"]}))
     LOG.info("resumed from %s/%s at iteration %d", a.load, tag, state.iteration)
     return state

@@ -3,6 +3,7 @@
 import glob
 import json
 import struct
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -104,6 +105,8 @@ def _wandb_records(path: str) -> list:
         if left < 7 or (length == 0 and kind == 0):
             pos += left  # block trailer padding
             continue
+        if pos + 7 + length > len(data):
+            break  # a record still being written
         buf += data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST fragment
@@ -112,6 +115,18 @@ def _wandb_records(path: str) -> list:
             out.append(record)
             buf = b""
     return out
+
+
+def _wandb_records_when_complete(path: str, timeout: float = 60.0) -> list:
+    """The run's records once its "exit" record is on disk (wandb-core writes them async)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} has no exit record after {timeout} s")
+        time.sleep(0.2)
 
 
 @pytest.mark.distributed  # wandb starts its wandb-core service process
@@ -130,11 +145,10 @@ def test_wandb_offline_run_holds_metrics_and_no_secret(
     config = {"hidden_size": 64, "wandb_api_key": "SECRET123", "nested": {"token": "SECRET123"}}
     _log_two_steps(MetricsLogger.from_args(args, rank=0, all_config=config))
     (run_file,) = glob.glob(str(tmp_path / "wb" / "wandb" / "offline-run-*" / "run-*.wandb"))
-    records = _wandb_records(run_file)
+    records = _wandb_records_when_complete(run_file)
     # Keys with a "/" are stored as nested_key parts.
     history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
                for r in records if r.WhichOneof("record_type") == "history"]
-    print("TYPES", [r.WhichOneof("record_type") for r in records], Path(run_file).stat().st_size)
     assert [(h["_step"], h[LM_LOSS]) for h in history] == [(1, 2.5), (2, 2.25)]
     assert history[1][VAL_LOSS] == 2.0
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
