@@ -27,7 +27,7 @@ from megatron.model import ModelSpec, build_model
 from megatron.parallel import ParallelLayout, ProcessGroups
 from megatron.parallel.random import RNGTracker
 from megatron.tokenizer import build_tokenizer, padded_vocab_size
-from megatron.training.lr_schedules import AnnealingLR, LRSchedule
+from megatron.training.lr_schedules import AnnealingLR
 from megatron.training.optimizers import DeepSpeedOptimizer, build_optimizer, param_groups
 from megatron.training.state import seed_everything
 
@@ -133,11 +133,14 @@ def build_run(args: Any) -> Run:
         use_bnb_optimizer=args.use_bnb_optimizer,
     )
     config = _deepspeed_config(args)
+    if not isinstance(optimizer, torch.optim.AdamW | torch.optim.Adam):
+        # DeepSpeed only vouches for its own optimizer list under ZeRO; ours are tested here.
+        config.setdefault("zero_allow_untested_optimizer", True)
     if isinstance(optimizer, DeepSpeedOptimizer):
         # DeepSpeed builds this one (e.g. OneBitAdam) from its own config section.
         config["optimizer"], optimizer, scheduler = optimizer.config, None, None
     else:
-        scheduler = AnnealingLR(optimizer, LRSchedule.from_args(args))
+        scheduler = AnnealingLR.from_args(optimizer, args)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,

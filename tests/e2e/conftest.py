@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from megatron.data.indexed_dataset import make_builder
+from tests.e2e.launch import LAYOUTS, run_deepy, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_TEXT = REPO.parent / "shared" / "data" / "enwik8_first100.txt"
@@ -24,3 +25,15 @@ def char_corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
             builder.end_document()
     builder.finalize(f"{prefix}.idx")
     return str(prefix)
+
+
+@pytest.fixture(scope="session")
+def runs(char_corpus: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each layout trained for 20 iterations, uninterrupted; the references for resume tests."""
+    results = {}
+    for name, overrides in LAYOUTS.items():
+        workdir = tmp_path_factory.mktemp(name)
+        proc = run_deepy(tiny_config(char_corpus, workdir, **overrides), workdir)
+        assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        results[name] = workdir
+    return results

@@ -13,6 +13,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
+# One config, five layouts; the global batch (8 samples) is the same in all of them.
+LAYOUTS = {
+    "single": {"num_gpus": 1},
+    "tp2": {"num_gpus": 2, "model_parallel_size": 2},
+    "pp2": {"num_gpus": 2, "pipe_parallel_size": 2},
+    "dp2_zero1": {"num_gpus": 2, "zero_optimization": {"stage": 1}},
+    "dp2_zero3": {"num_gpus": 2, "zero_optimization": {"stage": 3}},
+}
+
 
 def free_port() -> int:
     with socket.socket() as s:

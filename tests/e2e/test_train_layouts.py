@@ -11,30 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.launch import run_deepy, tiny_config, train_losses
+from tests.e2e.launch import LAYOUTS, train_losses
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
-LAYOUTS = {
-    "single": {"num_gpus": 1},
-    "tp2": {"num_gpus": 2, "model_parallel_size": 2},
-    "pp2": {"num_gpus": 2, "pipe_parallel_size": 2},
-    "dp2_zero1": {"num_gpus": 2, "zero_optimization": {"stage": 1}},
-    "dp2_zero3": {"num_gpus": 2, "zero_optimization": {"stage": 3}},
-}
 # fp32 with a different reduction order (accumulation vs data parallel, split matmuls).
 LOSS_TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def runs(char_corpus: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    results = {}
-    for name, overrides in LAYOUTS.items():
-        workdir = tmp_path_factory.mktemp(name)
-        proc = run_deepy(tiny_config(char_corpus, workdir, **overrides), workdir)
-        assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-        results[name] = workdir
-    return results
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))

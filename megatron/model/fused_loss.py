@@ -1,0 +1,138 @@
+"""Output projection fused with cross entropy, computed in chunks of tokens.
+
+The plain head materialises fp32 logits ``[b, s, V]`` (for a 50k vocabulary and 4 x 1024
+tokens that is 800 MB, plus as much again for the softmax kept for backward and the gradient
+of the logits). Here the tokens are processed ``chunk_tokens`` at a time: each chunk's
+logits are computed, reduced to its loss, and turned at once into its contributions to the
+gradients of the hidden states and of the head weight. Only those gradients survive the
+forward pass, so peak memory holds one chunk of logits and no logits are recomputed.
+
+Computing gradients in forward needs the per-token weights, so the function returns the
+final scalar ``sum(loss * weight)``; backward only scales the stored gradients by the
+incoming scalar. With tensor parallelism the weight holds this rank's vocabulary rows and
+only ``[chunk]``-sized statistics are all-reduced, as in ``vocab_parallel_cross_entropy``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from megatron.parallel.groups import Group
+
+DEFAULT_CHUNK_TOKENS = 512
+"""Tokens per chunk: 512 x 50k fp32 logits is ~100 MB, and the GEMMs stay large."""
+
+
+def _all_reduce(x: torch.Tensor, tp: Group, op: Any = None) -> None:
+    if tp.size > 1:
+        dist.all_reduce(x, op=op or dist.ReduceOp.SUM, group=tp.group)
+
+
+def _chunk_loss_and_grad(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         token_weight: torch.Tensor, tp: Group,
+                         need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weighted loss sum of one chunk and ``d(loss sum) / d(logits)`` (or None).
+
+    x ``[n, h]``, weight ``[v, h]`` (this rank's rows), labels and token_weight ``[n]``.
+    """
+    logits = torch.matmul(x, weight.t()).float()  # [n, v]
+    v = logits.shape[-1]
+    row_max = logits.max(dim=-1).values  # [n]
+    _all_reduce(row_max, tp, dist.ReduceOp.MAX)
+    logits.sub_(row_max.unsqueeze(-1))
+    start = tp.rank * v
+    outside = (labels < start) | (labels >= start + v)  # target on another rank
+    local = (labels - start).masked_fill(outside, 0)
+    target = logits.gather(-1, local.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
+    _all_reduce(target, tp)
+    probs = logits.exp_()  # reuse the chunk's buffer
+    sum_exp = probs.sum(dim=-1)
+    _all_reduce(sum_exp, tp)
+    loss = ((sum_exp.log() - target) * token_weight).sum()
+    if not need_grad:
+        return loss, None
+    # d loss_t / d logit_j = softmax_j - [j == label_t], times the token's weight.
+    probs.mul_((token_weight / sum_exp).unsqueeze(-1))
+    probs.scatter_add_(-1, local.unsqueeze(-1),
+                       -(token_weight * (~outside).float()).unsqueeze(-1))
+    return loss, probs
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The matmul dtype: autocast's when it is on (bf16 with fp32 master weights), else x's."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+class _FusedHeadCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                token_weight: torch.Tensor, tp: Group, chunk_tokens: int) -> torch.Tensor:
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dtype = _compute_dtype(x)
+        w = weight.to(dtype)  # one low-precision copy under autocast, else no copy
+        grad_x = torch.empty(x.shape, dtype=dtype, device=x.device) if need_x else None
+        # Accumulate the weight gradient in fp32 across chunks, whatever the weight dtype.
+        grad_w = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+                  if need_w else None)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        with torch.autocast(x.device.type, enabled=False):
+            for start in range(0, x.shape[0], chunk_tokens):
+                end = min(start + chunk_tokens, x.shape[0])
+                x_c = x[start:end].to(dtype)
+                loss, grad_logits = _chunk_loss_and_grad(
+                    x_c, w, labels[start:end], token_weight[start:end].float(), tp,
+                    need_x or need_w)
+                total += loss
+                if grad_logits is None:
+                    continue
+                g = grad_logits.to(dtype)  # [n, v]
+                if grad_x is not None:
+                    torch.matmul(g, w, out=grad_x[start:end])
+                if grad_w is not None:
+                    grad_w.addmm_(grad_logits.t(), x_c.float())  # fp32 GEMM
+        ctx.grads = (None if grad_x is None else grad_x.to(x.dtype),
+                     None if grad_w is None else grad_w.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        grad_x, grad_w = ctx.grads
+        ctx.grads = None
+        scale = grad_out.to(torch.float32)
+        if grad_x is not None:
+            grad_x = grad_x * scale.to(grad_x.dtype)
+        if grad_w is not None:
+            grad_w = grad_w * scale.to(grad_w.dtype)
+        return grad_x, grad_w, None, None, None, None
+
+
+def fused_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                             loss_mask: torch.Tensor, tp: Group,
+                             chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
+    """Mean cross entropy over ``loss_mask`` of ``hidden @ weight.T``, without full logits.
+
+    Args:
+        hidden: ``[b, s, h]`` head input (already copied to the tensor-parallel region).
+        weight: ``[V/tp, h]`` this rank's rows of the output projection.
+        labels: ``[b, s]`` int64 target ids in ``[0, V)``.
+        loss_mask: ``[b, s]``; tokens with 0 do not count.
+        tp: tensor-parallel group (size 1: plain cross entropy).
+        chunk_tokens: tokens per chunk (bounds the memory of the logits).
+
+    Returns:
+        scalar fp32 ``sum(loss * mask) / max(sum(mask), 1)``, equal to the unfused head
+        followed by ``vocab_parallel_cross_entropy``.
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    mask = loss_mask.reshape(-1).float()
+    token_weight = mask / mask.sum().clamp(min=1.0)
+    flat = hidden.reshape(-1, hidden.shape[-1])  # [b*s, h]
+    return _FusedHeadCrossEntropy.apply(flat, weight, labels.reshape(-1), token_weight, tp,
+                                        chunk_tokens)
