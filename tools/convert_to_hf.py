@@ -47,6 +47,7 @@ PLAIN_ACTS = {"gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu", "
 GATED_ACTS = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}
 LAYERNORMS = ("layernorm", "te_layernorm", "non_parametric_layernorm")
 RMSNORMS = ("rmsnorm", "te_rmsnorm")
+NEUTRAL_BATCH = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1}
 
 
 class ExportError(Exception):
@@ -220,3 +221,157 @@ class Architecture:
 
 ARCHITECTURES = {"neox": Architecture(neox_problems, neox_config, neox_weights),
                  "llama": Architecture(llama_problems, llama_config, llama_weights)}
+
+
+def _hf_tokenizer_json(args: Any) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_file=args.vocab_file)
+
+
+def _gpt2_bpe(args: Any) -> Any:
+    from transformers import GPT2TokenizerFast
+
+    return GPT2TokenizerFast(vocab_file=args.vocab_file, merges_file=args.merge_file)
+
+
+# tokenizer_type (lower case) -> HF tokenizer built from the same local files.
+TOKENIZERS: dict[str, Callable[[Any], Any]] = {"hftokenizer": _hf_tokenizer_json,
+                                               "gpt2bpetokenizer": _gpt2_bpe}
+
+
+def export_tokenizer(args: Any, output_dir: Path) -> Any | None:
+    """Save the run's tokenizer beside the model; None (with a warning) when it cannot be."""
+    kind = str(getattr(args, "tokenizer_type", "") or "").lower()
+    files = [getattr(args, "vocab_file", None)] + \
+        ([getattr(args, "merge_file", None)] if kind == "gpt2bpetokenizer" else [])
+    if kind not in TOKENIZERS or not all(f and Path(f).is_file() for f in files):
+        LOG.warning("tokenizer not exported (tokenizer_type %r, files %s): only %s with local "
+                    "files are; save a tokenizer into %s yourself", kind, files,
+                    sorted(TOKENIZERS), output_dir)
+        return None
+    tokenizer = TOKENIZERS[kind](args)
+    eod = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if eod is not None and eod != tokenizer.unk_token_id:
+        tokenizer.eos_token = tokenizer.bos_token = "<|endoftext|>"
+    tokenizer.save_pretrained(str(output_dir))
+    return tokenizer
+
+
+def choose_architecture(spec: ModelSpec, requested: str | None) -> str:
+    """The requested target, or by MLP kind (gated -> llama), refusing what it cannot hold."""
+    name = requested or ("llama" if spec.gated else "neox")
+    problems = ARCHITECTURES[name].problems(spec)
+    if problems:
+        raise ExportError(f"cannot export to the HF '{name}' architecture exactly: "
+                          + "; ".join(problems))
+    return name
+
+
+def pick_dtype(precision: str, full: StateDict) -> torch.dtype:
+    """``auto``: the stored dtype, which is the run's precision (DeepSpeed saves the 16-bit
+    module weights of fp16/bf16 runs; fp32 master copies live only in optimizer states)."""
+    if precision != "auto":
+        return DTYPES[precision]
+    return full["sequential.0.word_embeddings.weight"].dtype
+
+
+def write_hf_model(full: StateDict, spec: ModelSpec, output_dir: Path, *, architecture: str,
+                   dtype: torch.dtype, token_ids: dict[str, Any] | None = None) -> Any:
+    """Write ``config.json`` and ``model.safetensors`` for ``full``; returns the HF config."""
+    from safetensors.torch import save_file
+
+    arch = ARCHITECTURES[architecture]
+    config = arch.config(spec, dict(token_ids or {}))
+    config.dtype = dtype
+    # Own storage per tensor: safetensors refuses views that share memory (q/k/v slices).
+    tensors = {k: v.detach().to(dtype).clone().contiguous()
+               for k, v in arch.weights(full, spec).items()}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(output_dir))
+    save_file(tensors, str(output_dir / "model.safetensors"), metadata={"format": "pt"})
+    return config
+
+
+def config_paths(ckpt_dir: Path, given: list[str] | None) -> list[str]:
+    """The YAML files to read: those given, or the run's copies in ``configs/``."""
+    if given:
+        return given
+    found = sorted(str(p) for p in (ckpt_dir / "configs").glob("*.y*ml"))
+    if not found:
+        raise ExportError(f"no --config_file given and {ckpt_dir / 'configs'} has no YAML files")
+    return found
+
+
+def load_args(paths: list[str]) -> Any:
+    """NeoXArgs from the YAML files; model-only files (no batch sizes, e.g. the one
+    convert_from_hf.py writes) get a neutral batch, which the export never reads."""
+    from megatron.neox_arguments import ConfigError, NeoXArgs
+
+    try:
+        return NeoXArgs.from_ymls(paths)
+    except ConfigError as first:
+        try:
+            return NeoXArgs.from_ymls(paths, overwrite_values=NEUTRAL_BATCH)
+        except ConfigError:
+            raise first from None
+
+
+def load_checkpoint(ckpt_dir: Path, args: Any) -> tuple[ModelSpec, StateDict]:
+    """The spec (vocabulary size from the config, else the stored embedding) and weights."""
+    layout = detect_layout(ckpt_dir)
+    shards = load_rank_state_dicts(ckpt_dir, layout)
+    vocab = getattr(args, "padded_vocab_size", None) or \
+        sum(s["sequential.0.word_embeddings.weight"].shape[0] for s in shards)
+    spec = ModelSpec.from_args(args, padded_vocab_size=vocab)
+    full = merge_shards(shards, spec)
+    check_state_dict(full, spec, str(ckpt_dir))
+    return spec, full
+
+
+def convert(input_dir: str, output_dir: str, config_files: list[str] | None = None,
+            precision: str = "auto", architecture: str | None = None) -> Path:
+    """Export checkpoint ``input_dir`` to the HF folder ``output_dir``; returns the folder."""
+    ckpt = resolve_checkpoint_dir(input_dir)
+    args = load_args(config_paths(ckpt, config_files))
+    spec, full = load_checkpoint(ckpt, args)
+    name = choose_architecture(spec, architecture)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = export_tokenizer(args, out)
+    # Without a tokenizer, no special ids: the HF classes' defaults (e.g. eos 2) would stop
+    # generation at an arbitrary token.
+    ids = {"bos_token_id": None, "eos_token_id": None} if tokenizer is None else \
+        {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    write_hf_model(full, spec, out, architecture=name, dtype=pick_dtype(precision, full),
+                   token_ids=ids)
+    LOG.info("wrote %s model (%d layers) to %s", name, spec.num_layers, out)
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--input_dir", required=True, help="CKPT/global_stepN (or CKPT)")
+    parser.add_argument("--config_file", nargs="+", default=None,
+                        help="the run's YAML files (default: input_dir/configs/*.yml)")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--precision", choices=["auto", *DTYPES], default="auto")
+    parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default=None,
+                        help="HF model class (default: llama for gated MLPs, else neox)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    opts = parse_args(argv)
+    try:
+        convert(opts.input_dir, opts.output_dir, opts.config_file, opts.precision,
+                opts.architecture)
+    except (ExportError, CheckpointFormatError, ValueError) as exc:
+        LOG.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

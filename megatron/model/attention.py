@@ -20,6 +20,7 @@ from torch import nn
 
 from megatron.model.init import mark_sections
 from megatron.model.kernels import ATTENTION_KERNELS
+from megatron.model.kv_cache import LayerCache
 from megatron.model.norms import build_norm
 from megatron.model.positional import POSITIONAL, Positional
 from megatron.model.sharding import apply_replicated, no_init, per_rank, replicated
@@ -91,7 +92,9 @@ class SelfAttention(nn.Module):
         return (q.view(b, s, self.heads, d), k.view(b, s, self.kv_heads, d),
                 v.view(b, s, self.kv_heads, d))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """``[b, s, h] -> [b, s, h]``; with ``cache``, ``x`` holds only the new positions and
+        the queries attend to every cached key as well (``kv_cache.py``)."""
         mixed = self.query_key_value(x)  # [b, s, qkv/tp]; gathers the sequence under SP
         b, s, _ = mixed.shape
         q, k, v = self.split_qkv(mixed)
@@ -99,15 +102,21 @@ class SelfAttention(nn.Module):
             # Per-head norm over head_dim; it sees only this rank's heads.
             q = apply_replicated(self.qk_layernorm, q, self.tp)
             k = apply_replicated(self.qk_layernorm, k, self.tp)
-        q, k = self.positional.rotate(q, k)
+        if cache is None:
+            q, k = self.positional.rotate(q, k)
+        else:  # rotate at the step's position ids, then append to the cache
+            q, k = cache.rotate(self.positional, q, k)
+            k, v = cache.update(k, v)  # [b, sk, nkv, d]: every cached position
         if self.kv_heads != self.heads:  # GQA: each kv head serves a group of query heads
             k = k.repeat_interleave(self.heads // self.kv_heads, dim=2)
             v = v.repeat_interleave(self.heads // self.kv_heads, dim=2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [b, nq, s, d]
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [b, nq, s, d] (k, v: sk)
+        score_bias = self.positional.score_bias(s, k.shape[2], q.device)
+        if cache is not None:
+            score_bias = cache.score_bias(score_bias)  # hides left padding
         dropout_p = self.dropout_p if self.training else 0.0
         with self.rng.fork() if self.rng is not None and dropout_p > 0 else nullcontext():
-            out = self.kernel(q, k, v, bias=self.positional.score_bias(s, s, q.device),
-                              causal=True, window=self.window,
+            out = self.kernel(q, k, v, bias=score_bias, causal=True, window=self.window,
                               scale=1.0 / math.sqrt(self.head_dim), dropout_p=dropout_p,
                               softmax_fp32=self.softmax_fp32, coeff=self.coeff)
         out = out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)  # [b, s, h/tp]

@@ -22,6 +22,7 @@ from torch import nn
 
 from megatron.model.attention import SelfAttention
 from megatron.model.init import initialize_layer
+from megatron.model.kv_cache import LayerCache
 from megatron.model.mlp import MLP
 from megatron.model.norms import build_norm
 from megatron.model.registry import Registry
@@ -86,12 +87,13 @@ class TransformerLayer(nn.Module):
         # Under sequence parallelism each rank normalises its own slice of the sequence.
         return apply_replicated(norm, x, self.tp, self.sp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[b, s, h] -> [b, s, h]`` (``[b, s/tp, h]`` shards with sequence parallelism)."""
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """``[b, s, h] -> [b, s, h]`` (``[b, s/tp, h]`` shards with sequence parallelism);
+        ``cache`` is this block's KV cache during incremental decoding (``kv_cache.py``)."""
         if self.parallel_residual:
             h1 = self._norm(self.input_layernorm, x)
             norm2 = getattr(self, "post_attention_layernorm", None)
             h2 = h1 if norm2 is None else self._norm(norm2, x)
-            return x + self.dropout(self.attention(h1)) + self.dropout(self.mlp(h2))
-        x = x + self.dropout(self.attention(self._norm(self.input_layernorm, x)))
+            return x + self.dropout(self.attention(h1, cache)) + self.dropout(self.mlp(h2))
+        x = x + self.dropout(self.attention(self._norm(self.input_layernorm, x), cache))
         return x + self.dropout(self.mlp(self._norm(self.post_attention_layernorm, x)))

@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from megatron.model.errors import ModelSpecError
+from megatron.model.fused_loss import DEFAULT_CHUNK_TOKENS, make_fused_loss_fn
 from megatron.model.gpt import GPTModel, make_loss_fn
 from megatron.model.pipe import build_pipeline
 from megatron.model.spec import ModelSpec
@@ -19,6 +20,7 @@ def build_model(spec: ModelSpec, groups: ProcessGroups, *, pipe_parallel_size: i
                 partition_method: str = "type:transformer",
                 activation_checkpointing: bool = False, checkpoint_num_layers: int = 1,
                 seed: int = 1234, rng_tracker: RNGTracker | None = None,
+                fused_loss: bool = False, fused_loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
                 ) -> tuple[nn.Module, Callable[[Any, Any], Any]]:
     """Build this rank's model and ``loss_fn(logits, (labels, loss_mask))``.
 
@@ -34,6 +36,13 @@ def build_model(spec: ModelSpec, groups: ProcessGroups, *, pipe_parallel_size: i
         rng_tracker: optional tensor-parallel RNG streams (``RNGTracker.from_seed``); with
             it, attention dropout differs across tensor-parallel ranks as in Megatron, and
             activation checkpointing replays it exactly.
+        fused_loss: fuse the output projection with the cross entropy, chunked over tokens,
+            so full logits are never materialised in training (``fused_loss.py``). The
+            module then returns the head input in training mode and logits in eval mode;
+            use the returned loss_fn for both. Only for ``pipe_parallel_size == 0`` (the
+            pipeline keeps the plain head) and not under ZeRO-3, whose partitioned head
+            weight is only gathered inside the module's forward.
+        fused_loss_chunk_tokens: tokens per chunk of the fused loss.
 
     Raises:
         ModelSpecError: for options this model does not support.
@@ -46,7 +55,9 @@ def build_model(spec: ModelSpec, groups: ProcessGroups, *, pipe_parallel_size: i
         model = GPTModel(spec, groups.tp, seed=seed,
                          activation_checkpointing=activation_checkpointing,
                          checkpoint_num_layers=checkpoint_num_layers,
-                         rng_tracker=rng_tracker)
+                         rng_tracker=rng_tracker, fused_loss=fused_loss)
+        if fused_loss:
+            loss_fn = make_fused_loss_fn(model, groups.tp, loss_fn, fused_loss_chunk_tokens)
         return model, loss_fn
     module = build_pipeline(spec, groups, loss_fn, partition_method=partition_method,
                             activation_checkpointing=activation_checkpointing,

@@ -136,3 +136,28 @@ def fused_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels:
     flat = hidden.reshape(-1, hidden.shape[-1])  # [b*s, h]
     return _FusedHeadCrossEntropy.apply(flat, weight, labels.reshape(-1), token_weight, tp,
                                         chunk_tokens)
+
+
+def make_fused_loss_fn(model: Any, tp: Group, plain_loss_fn: Any,
+                       chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> Any:
+    """``loss_fn(output, (labels, loss_mask))`` for a model built with ``fused_loss=True``.
+
+    In training mode such a model returns the head input ``[b, s, h]`` and this applies the
+    head and the loss chunk by chunk; in eval mode it returns logits (so generation and
+    evaluation see the usual output) and ``plain_loss_fn`` is used.
+
+    Args:
+        model: the ``GPTModel`` (read for ``training``, ``head_weight``).
+        tp: tensor-parallel group.
+        plain_loss_fn: the unfused ``loss_fn(logits, target)``.
+        chunk_tokens: tokens per chunk.
+    """
+
+    def loss_fn(output: torch.Tensor, target: Any) -> torch.Tensor:
+        if not model.training:
+            return plain_loss_fn(output, target)
+        labels, loss_mask = target
+        return fused_head_cross_entropy(output, model.head_weight, labels, loss_mask, tp,
+                                        chunk_tokens)
+
+    return loss_fn

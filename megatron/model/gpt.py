@@ -29,6 +29,7 @@ from torch import nn
 
 from megatron.model.block import LAYER_TYPES
 from megatron.model.init import initialize_layer
+from megatron.model.kv_cache import KVCache
 from megatron.model.norms import build_norm
 from megatron.model.positional import POSITIONAL
 from megatron.model.sharding import apply_replicated, no_init
@@ -57,9 +58,12 @@ class EmbeddingLayer(nn.Module):
         self.dropout = nn.Dropout(spec.hidden_dropout)
         initialize_layer(self, index, spec, seed, tp)
 
-    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
         x = self.word_embeddings(tokens)  # [b, s, h]
-        if self.position_embeddings is not None:
+        if self.position_embeddings is not None and cache is not None:
+            x = cache.embed(self.position_embeddings, x)  # at the cache step's position ids
+        elif self.position_embeddings is not None:
             x = self.position_embeddings.embed(x, position_ids)
         if self.sp:
             x = scatter_to_sequence_parallel(x, self.tp)  # [b, s/tp, h]
@@ -141,7 +145,7 @@ class GPTModel(nn.Module):
 
     def __init__(self, spec: ModelSpec, tp: Group, seed: int = 1234,
                  activation_checkpointing: bool = False, checkpoint_num_layers: int = 1,
-                 rng_tracker: RNGTracker | None = None) -> None:
+                 rng_tracker: RNGTracker | None = None, fused_loss: bool = False) -> None:
         super().__init__()
         entries = [e for e in layer_entries(spec) if e.role != "tied_head"]
         self.sequential = nn.ModuleList(
@@ -152,6 +156,10 @@ class GPTModel(nn.Module):
         self.checkpointing = activation_checkpointing
         self.chunk = max(1, checkpoint_num_layers)
         self.blocks = range(2, 2 + spec.num_layers)
+        self.spec = spec  # read by KVCache.allocate
+        # Training output is the head's input; ``make_fused_loss_fn`` applies the head.
+        self.fused_loss = fused_loss
+        self.tp, self.sp = tp, spec.sequence_parallel
 
     def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         layers = [self.sequential[i] for i in self.blocks]
@@ -165,14 +173,52 @@ class GPTModel(nn.Module):
                 x = _run_chunk(chunk)(x)
         return x
 
-    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor],
+                cache: KVCache | None = None) -> torch.Tensor:
+        """``(tokens, position_ids) [b, s] -> logits [b, s, V/tp]``.
+
+        With ``cache`` (``KVCache.allocate(model, ...)``) the inputs hold only the new
+        positions, and their keys and values are appended to the cache (``kv_cache.py``).
+        """
         tokens, position_ids = inputs
+        if cache is not None:
+            return self._forward_cached(tokens, position_ids, cache)
         x = self.sequential[0](tokens, position_ids)  # [b, s, h]
         x = self.sequential[1](x)
         x = self._run_blocks(x)
-        for layer in self.sequential[2 + len(self.blocks) :]:
+        n = len(self.blocks)
+        for layer in self.sequential[2 + n : 4 + n]:  # pass-through and final norm
             x = layer(x)
-        return self.sequential[0].logits(x) if self.tied else x
+        if self.fused_loss and self.training:
+            return self.head_input(x)  # [b, s, h]; the loss function applies the head
+        return self.sequential[0].logits(x) if self.tied else self.sequential[4 + n](x)
+
+    def _forward_cached(self, tokens: torch.Tensor, position_ids: torch.Tensor,
+                        cache: KVCache) -> torch.Tensor:
+        """Incremental decoding: only the new positions run; attention also reads the cache."""
+        cache.begin(tokens, position_ids)
+        x = self.sequential[0](tokens, position_ids, cache)  # [b, s_new, h]
+        x = self.sequential[1](x)
+        for i, index in enumerate(self.blocks):
+            x = self.sequential[index](x, cache.layer(i))
+        n = len(self.blocks)
+        for layer in self.sequential[2 + n : 4 + n]:  # pass-through and final norm
+            x = layer(x)
+        cache.advance()
+        return self.sequential[0].logits(x) if self.tied else self.sequential[4 + n](x)
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The output projection ``[V/tp, h]`` (the word embeddings when tied)."""
+        if self.tied:
+            return self.sequential[0].word_embeddings.weight
+        return self.sequential[-1].final_linear.weight
+
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``[b, s, h]`` (``[b, s/tp, h]`` under SP) as the output projection sees it."""
+        if self.sp:
+            return gather_from_sequence_parallel(x, self.tp)
+        return copy_to_tp(x, self.tp)
 
 
 def _run_chunk(layers: list[nn.Module]) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -90,6 +90,13 @@ class NeoXArgs(RunnerArgs, DeepSpeedArgs, ModelArgs, ParallelArgs, OptimizerArgs
         """Build from a mapping of GPT-NeoX keys (as if it were one config file)."""
         return cls._from_raw(raw_from_mapping(d, "<dict>"), resources)
 
+    def replace(self, **changes: Any) -> NeoXArgs:
+        """A copy with `changes` applied and re-validated (not re-derived), e.g. the
+        worker's `padded_vocab_size`. Raises ConfigError for unknown keys or bad values."""
+        raw = raw_from_mapping({**self.all_config, **changes}, "<replace>")
+        raw.origins.update({k: v for k, v in self.origins.items() if k not in changes})
+        return type(self)._from_raw(raw, None, rederive=False)
+
     @property
     def origins(self) -> dict[str, Origin]:
         """Where each user-given key came from (file and line)."""

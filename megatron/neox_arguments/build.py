@@ -11,7 +11,7 @@ from typing import Any
 from .coerce import CoercionError, coerce_value
 from .derive import derive
 from .errors import ConfigError, Origin, Problem
-from .load import RawConfig
+from .load import RawConfig, normalize_key
 from .resources import Resources
 from .validate import validate
 
@@ -84,8 +84,6 @@ def build_values(cls: type, raw: RawConfig, resources: Resources | None,
 
 def raw_from_mapping(values: Mapping[str, Any], source: str) -> RawConfig:
     """RawConfig for values that come from code rather than a file."""
-    from .load import normalize_key
-
     raw = RawConfig()
     for key, value in values.items():
         norm = normalize_key(str(key))

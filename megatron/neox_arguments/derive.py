@@ -99,6 +99,8 @@ def derive_optimizer(values: Values) -> None:
         values["optimizer_type"] = kind
     if values.get("zero_optimization") is None:
         values["zero_optimization"] = copy.deepcopy(ZERO_DEFAULTS)
+        if isinstance(values.get("zero_stage"), int):  # the shorthand alone picks the stage
+            values["zero_optimization"]["stage"] = values["zero_stage"]
     zero = values["zero_optimization"]
     for key, name in (("zero_stage", "stage"), ("zero_reduce_scatter", "reduce_scatter"),
                       ("zero_contiguous_gradients", "contiguous_gradients"),

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, Origin, Problem
+from .errors import Origin, Problem
 
 # Exponent numbers without a dot, which YAML 1.1 leaves as strings: 1e-5, 5e8, -3E+2.
 _EXP_NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
@@ -152,7 +152,8 @@ def load_files(paths: Iterable[str | Path]) -> RawConfig:
             raw.problems.append(Problem("<file>", f"cannot be read: {err.strerror}",
                                         origin=Origin(name), hint="check the config path"))
             continue
-        raw.texts[Path(path).name] = text
+        # Keyed by file name as GPT-NeoX does; the full path only when two names collide.
+        raw.texts[name if Path(path).name in raw.texts else Path(path).name] = text
         data, lines, problems = parse_text(text, name)
         raw.problems += problems
         merge_into(raw, data, lines, name)
@@ -166,10 +167,3 @@ def overwrite(raw: RawConfig, values: Mapping[str, Any] | None) -> None:
         raw.values[norm] = value
         raw.origins[norm] = Origin("<overwrite_values>")
 
-
-def load_or_raise(paths: Iterable[str | Path]) -> RawConfig:
-    """`load_files`, raising a ConfigError at once when a file is unreadable or malformed."""
-    raw = load_files(paths)
-    if raw.problems:
-        raise ConfigError(raw.problems)
-    return raw

@@ -53,7 +53,10 @@ class ModelArgs:
     max_position_embeddings: int | None = None
     """Longest sequence the position encoding supports (required for training)."""
 
-    norm: Literal["layernorm", "rmsnorm", "scalenorm", "te_rmsnorm", "te_layernorm"] = "layernorm"
+    norm: Literal[
+        "layernorm", "rmsnorm", "non_parametric_layernorm", "scalenorm", "te_rmsnorm",
+        "te_layernorm",
+    ] = "layernorm"
     """Normalisation layer used in every block and before the output layer."""
 
     layernorm_fusion: bool = False

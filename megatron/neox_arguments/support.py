@@ -16,30 +16,36 @@ SUPPORTED_ATTENTION = {"global", "local", "flash"}
 
 @dataclass(frozen=True)
 class Unsupported:
-    """A key whose value (when `applies` says so) names a feature we have not built."""
+    """A key whose value names a feature we have not built, when `applies(value, args)`."""
 
     key: str
-    applies: Callable[[Any], bool]
+    applies: Callable[[Any, Any], bool]
     reason: str
 
 
-def _truthy(value: Any) -> bool:
+def _truthy(value: Any, args: Any) -> bool:
     return bool(value)
 
 
+def _enabled(value: Any, args: Any) -> bool:
+    return bool(value and value.get("enabled", True))
+
+
 UNSUPPORTED: list[Unsupported] = [
-    Unsupported("moe_num_experts", lambda v: v > 1, "mixture of experts"),
+    Unsupported("moe_num_experts", lambda v, a: v > 1, "mixture of experts"),
     Unsupported("attention_config",
-                lambda v: any(a not in SUPPORTED_ATTENTION for a in v or []),
+                lambda v, a: any(t not in SUPPORTED_ATTENTION for t in v or []),
                 "only global, local and flash attention are built"),
     Unsupported("use_mup", _truthy, "muP is planned but not built"),
-    Unsupported("train_impl", lambda v: v != "normal", "only the language-modelling objective"),
-    Unsupported("curriculum_learning", lambda v: bool(v and v.get("enabled")),
-                "curriculum learning"),
+    Unsupported("train_impl", lambda v, a: v != "normal", "only the language-modelling objective"),
+    Unsupported("dataset_impl", lambda v, a: v != "gpt2", "pairwise datasets"),
+    Unsupported("lr_decay_style", lambda v, a: v.startswith("infinite"),
+                "infinite LR schedules"),
+    Unsupported("train_epochs", _truthy, "epoch-based run length; set train_iters"),
+    Unsupported("curriculum_learning", _enabled, "curriculum learning"),
     Unsupported("s3_path", _truthy, "S3 checkpoint upload"),
-    Unsupported("autotuning", lambda v: bool(v and v.get("enabled")), "DeepSpeed autotuning"),
+    Unsupported("autotuning", _enabled, "DeepSpeed autotuning"),
     Unsupported("autotuning_run", _truthy, "DeepSpeed autotuning"),
-    Unsupported("norm", lambda v: str(v).startswith("te_"), "Transformer Engine norms"),
     Unsupported("te_columnparallel", _truthy, "Transformer Engine layers"),
     Unsupported("te_rowparallel", _truthy, "Transformer Engine layers"),
     Unsupported("te_layernorm_mlp", _truthy, "Transformer Engine layers"),
@@ -47,9 +53,10 @@ UNSUPPORTED: list[Unsupported] = [
     Unsupported("te_fp8_mha", _truthy, "Transformer Engine layers"),
     Unsupported("use_comet", _truthy, "Comet logging"),
     Unsupported("sparsity_config", _truthy, "sparse attention"),
-    Unsupported("num_unique_layers", lambda v: v is not None, "layer weight sharing"),
-    Unsupported("soft_prompt_tuning", lambda v: bool(v and v.get("enabled", True)),
-                "soft prompt tuning"),
+    Unsupported("num_unique_layers", lambda v, a: v not in (None, a.num_layers),
+                "layer weight sharing"),
+    Unsupported("opt_pos_emb_offset", lambda v, a: v != 0, "OPT position offset"),
+    Unsupported("soft_prompt_tuning", _enabled, "soft prompt tuning"),
 ]
 
 # Speed-only switches: we run the same math with plain PyTorch ops instead.
@@ -72,7 +79,7 @@ def unsupported_features(args: Any) -> list[str]:
     messages = []
     for entry in UNSUPPORTED:
         value = getattr(args, entry.key, None)
-        if value is not None and entry.applies(value):
+        if value is not None and entry.applies(value, args):
             messages.append(f"not supported yet: {entry.key}={value!r} ({entry.reason})")
     return messages
 

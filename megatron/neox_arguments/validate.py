@@ -74,6 +74,28 @@ def check_kv_heads(values: Values, origins: Origins) -> list[Problem]:
     return []
 
 
+def check_seq_length_fits(values: Values, origins: Origins) -> list[Problem]:
+    """Positions beyond max_position_embeddings have no encoding."""
+    seq, most = values.get("seq_length"), values.get("max_position_embeddings")
+    if seq and most and seq > most:
+        return [_problem("seq_length", values, origins,
+                         f"exceeds max_position_embeddings={most}",
+                         "raise max_position_embeddings or shorten seq_length")]
+    return []
+
+
+# Keys that are fractions, with the range each must lie in.
+FRACTIONS = {"rotary_pct": (0.0, 1.0), "warmup": (0.0, 1.0), "hidden_dropout": (0.0, 1.0),
+             "attention_dropout": (0.0, 1.0), "lr_decay_fraction": (0.0, 1.0)}
+
+
+def check_fractions(values: Values, origins: Origins) -> list[Problem]:
+    """Fractions and probabilities lie between 0 and 1."""
+    return [_problem(key, values, origins, f"must lie in [{low}, {high}]")
+            for key, (low, high) in FRACTIONS.items()
+            if values.get(key) is not None and not low <= values[key] <= high]
+
+
 def check_mlp_width(values: Values, origins: Origins) -> list[Problem]:
     """intermediate_size and expansion_factor are two ways to say the same thing."""
     if values.get("intermediate_size") and values.get("expansion_factor"):
@@ -161,6 +183,8 @@ CHECKS: list[Callable[[Values, Origins], list[Problem]]] = [
     check_heads_divisible_by_tp,
     check_kv_heads,
     check_mlp_width,
+    check_seq_length_fits,
+    check_fractions,
     check_batch_triad,
     check_zero_with_pipeline,
     check_attention_config,

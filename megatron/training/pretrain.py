@@ -10,6 +10,7 @@ from megatron.training.engine import batches, build_data, build_run
 from megatron.training.loop import evaluate, train
 from megatron.training.metrics import MetricsLogger
 from megatron.training.state import TrainState, set_rng_state
+from megatron.utils.logging import configure_logging
 
 LOG = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def resume(run: Any) -> TrainState:
 def pretrain(args: Any) -> int:
     """Train as the config says; returns the process exit code."""
     run = build_run(args)
+    configure_logging(rank=run.groups.layout.rank)
     state = resume(run)
     metrics = MetricsLogger.from_args(
         args, rank=0 if run.is_rank0 else 1, all_config=args.all_config

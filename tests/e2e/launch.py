@@ -102,3 +102,23 @@ def read_metrics(workdir: Path) -> list[dict]:
 
 def train_losses(workdir: Path) -> dict[int, float]:
     return {m["iteration"]: m["lm_loss"] for m in read_metrics(workdir) if "lm_loss" in m}
+
+
+def start_deepy(config: dict, workdir: Path) -> subprocess.Popen:
+    """Start `./deepy.py train.py` in its own session (so the test can kill the whole tree)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = str(REPO)
+    log = (workdir / "deepy.log").open("w")
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "deepy.py"), "train.py", str(path)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )

@@ -29,7 +29,20 @@ def test_ladder_is_complete():
             "llama/7B.yml", "cpu_small.yml"} <= names
 
 
-@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+# Folders of stand-alone configs that are not stacked with local_setup.yml.
+STANDALONE = {"bench"}
+STACKED = [p for p in MODEL_CONFIGS if p.parent.name not in STANDALONE]
+
+
+@pytest.mark.parametrize("path", [p for p in MODEL_CONFIGS if p.parent.name in STANDALONE],
+                         ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_standalone_configs_load_alone(path):
+    args = _load(str(path.relative_to(CONFIGS)))
+    assert len(args.attention_config) == args.num_layers
+    assert unsupported_features(args) == []
+
+
+@pytest.mark.parametrize("path", STACKED, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_each_config_loads_stacked_with_local_setup(path):
     extra = ["llama/train.yml"] if path.parent.name == "llama" else []
     args = _load(str(path.relative_to(CONFIGS)), *extra, "local_setup.yml")

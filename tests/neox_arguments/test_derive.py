@@ -120,3 +120,23 @@ def test_neoxargs_carries_derived_values():
     assert args.global_num_gpus == 8 and args.train_batch_size == 8
     assert args.attention_config == ["global", "global"] and args.precision == "fp32"
     assert args.is_pipe_parallel is False and args.distributed_backend == "nccl"
+
+
+@pytest.mark.parametrize("resources", [ONE_CPU, EIGHT_GPUS])
+def test_rebuilding_from_all_config_changes_nothing(resources):
+    args = NeoXArgs.from_dict({**MINIMAL, "train_batch_size": 16, "precision": "fp16",
+                               "attention_config": [[["flash", "global"], 1]]},
+                              resources=resources)
+    assert NeoXArgs.from_dict(args.all_config, resources=resources) == args
+
+
+def test_legacy_gas_and_batch_size_keys():
+    out = derive({"batch_size": 3, "gas": 2}, Resources(1, 2, True))
+    assert (out["train_batch_size"], out["train_micro_batch_size_per_gpu"],
+            out["gradient_accumulation_steps"]) == (12, 3, 2)
+
+
+def test_zero_stage_shorthand_alone_sets_the_dict_stage():
+    out = derive({"zero_stage": 2}, EIGHT_GPUS)
+    assert out["zero_optimization"]["stage"] == 2 and out["zero_stage"] == 2
+    assert out["zero_optimization"]["reduce_bucket_size"] == 500_000_000

@@ -94,3 +94,10 @@ def test_overwrite_values_win_without_clash(write):
 def test_unreadable_file_is_reported(tmp_path):
     with pytest.raises(ConfigError, match="nope.yml.*cannot be read"):
         NeoXArgs.from_ymls([str(tmp_path / "nope.yml")], resources=ONE_CPU)
+
+
+def test_config_files_with_equal_names_are_both_kept(write):
+    a = write("a/m.yml", minimal_yaml())
+    b = write("b/m.yml", "save: out\n")
+    args = NeoXArgs.from_ymls([a, b], resources=ONE_CPU)
+    assert args.config_files == {"m.yml": minimal_yaml(), b: "save: out\n"}

@@ -67,3 +67,19 @@ def test_requested_iteration_must_exist(tmp_path: Path):
     assert missing_paths(_args(load=str(tmp_path), iteration=10)) == []
     assert missing_paths(_args(load=str(tmp_path), iteration=20)) == [
         str(tmp_path / "global_step20")]
+
+
+@pytest.mark.parametrize("extra,key", [
+    ({"num_unique_layers": 1}, "num_unique_layers"),
+    ({"opt_pos_emb_offset": 2}, "opt_pos_emb_offset"),
+    ({"lr_decay_style": "infinite_cosine"}, "lr_decay_style"),
+    ({"dataset_impl": "pairwise"}, "dataset_impl"),
+    ({"soft_prompt_tuning": {"enabled": True, "num_tokens": 10}}, "soft_prompt_tuning"),
+])
+def test_unsupported_more(extra, key):
+    (message,) = unsupported(_args(**extra))
+    assert message.startswith(f"not supported yet: {key}=")
+
+
+def test_weight_sharing_with_every_layer_unique_is_fine():
+    assert unsupported(_args(num_unique_layers=2)) == []  # MINIMAL has 2 layers

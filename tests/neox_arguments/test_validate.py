@@ -103,3 +103,43 @@ def test_precision_disagrees_with_dict(write):
 def test_error_line_format(write):
     err = _errors(write, "num_kv_heads: 3\n")
     assert str(err).startswith(write("extra.yml", "num_kv_heads: 3\n") + ":1: num_kv_heads=3: ")
+
+
+@pytest.mark.parametrize("line,key,fragment", [
+    ("hidden_dropout: high\n", "hidden_dropout", "expected float, got str"),
+    ("checkpoint_num_layers: 2.5\n", "checkpoint_num_layers", "expected int"),
+    ("use_wandb: 'yes'\n", "use_wandb", "expected bool or None"),
+    ("pos_emb: rotory\n", "pos_emb", "expected one of 'learned', 'rotary'"),
+    ("train_data_paths: data/x\n", "train_data_paths", "expected list[str] or None"),
+])
+def test_type_errors_name_key_and_file(write, line, key, fragment):
+    model = write("model.yml", minimal_yaml())
+    bad = write("bad.yml", "# comment\n" + line)
+    with pytest.raises(ConfigError) as err:
+        NeoXArgs.from_ymls([model, bad], resources=EIGHT_GPUS)
+    (p,) = err.value.problems
+    assert p.key == key and p.origin.file == bad and p.origin.line == 2
+    assert fragment in str(p)
+
+
+def test_intermediate_size_and_expansion_factor_conflict(write):
+    err = _errors(write, "intermediate_size: 256\nexpansion_factor: 4\n")
+    assert [p.key for p in err.problems] == ["expansion_factor"]
+
+
+def test_seq_length_longer_than_positions(write):
+    text = minimal_yaml().replace("max_position_embeddings: 64", "max_position_embeddings: 32")
+    with pytest.raises(ConfigError) as err:
+        NeoXArgs.from_ymls([write("seq.yml", text)], resources=EIGHT_GPUS)
+    (p,) = err.value.problems
+    assert p.key == "seq_length" and p.origin.file.endswith("seq.yml")
+    assert "exceeds max_position_embeddings=32" in str(p)
+
+
+@pytest.mark.parametrize("line,key", [("rotary_pct: 1.5\n", "rotary_pct"),
+                                      ("warmup: -0.1\n", "warmup"),
+                                      ("hidden_dropout: 2\n", "hidden_dropout")])
+def test_fractions_out_of_range(write, line, key):
+    err = _errors(write, line)
+    (p,) = err.problems
+    assert p.key == key and p.origin.file.endswith("extra.yml") and "[0.0, 1.0]" in str(p)

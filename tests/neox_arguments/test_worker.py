@@ -83,3 +83,13 @@ def test_deepy_args_plain_paths():
 def test_deepy_args_need_a_config():
     with pytest.raises(ConfigError, match="conf_file"):
         NeoXArgs.consume_deepy_args(["train.py"])
+
+
+def test_replace_revalidates(args):
+    padded = args.replace(padded_vocab_size=50304)
+    assert padded.padded_vocab_size == 50304 and args.padded_vocab_size is None
+    assert padded.hidden_size == args.hidden_size and padded.origins["hidden_size"].line == 2
+    with pytest.raises(ConfigError, match="hidden_size"):
+        args.replace(hidden_size=66)
+    with pytest.raises(ConfigError, match="unknown key"):
+        args.replace(hiden_size=64)

@@ -301,16 +301,17 @@ def test_mlp_matches_dense():
     run_distributed(check_mlp_matches_dense, 2)
 
 
-def test_mappings_round_trip():
-    run_distributed(check_mappings_round_trip, 2)
+def check_mappings_and_rng(rank: int, world_size: int) -> None:
+    check_mappings_round_trip(rank, world_size)
+    check_rng_tracker(rank, world_size)
+
+
+def test_mappings_round_trip_and_rng_tracker_across_ranks():
+    run_distributed(check_mappings_and_rng, 2)  # one spawn for two cheap checks
 
 
 def test_embedding_and_cross_entropy_match_dense():
     run_distributed(check_embedding_and_cross_entropy, 2)
-
-
-def test_rng_tracker_across_ranks():
-    run_distributed(check_rng_tracker, 2)
 
 
 def test_groups_match_deepspeed_grid_on_4_ranks():

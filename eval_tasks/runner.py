@@ -1,0 +1,97 @@
+"""Run lm-eval tasks on an adapter and write the results as JSON.
+
+Tasks come from the harness registry or from ``include_path`` (GPT-NeoX-style local task
+folders, e.g. YAML with ``dataset_path: json``). Nothing is fetched: a task whose data is
+not available offline fails with an ``EvalError`` naming it. Every document is scored
+unless ``limit`` is set.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from lm_eval.api.model import LM
+
+LOG = logging.getLogger(__name__)
+
+OFFLINE_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, FileNotFoundError, OSError)
+
+
+class EvalError(Exception):
+    """An evaluation cannot run: unknown task, or task data missing offline."""
+
+
+def _task_manager(include_path: str | None) -> Any:
+    from lm_eval.tasks import TaskManager
+
+    if include_path and not Path(include_path).is_dir():
+        raise EvalError(f"eval_tasks_path = {include_path!r} is not a folder of task YAMLs")
+    return TaskManager(include_path=include_path) if include_path else TaskManager()
+
+
+def check_task_names(tasks: list[str], manager: Any) -> None:
+    """Raise ``EvalError`` for names neither the registry nor ``include_path`` knows."""
+    known = set(manager.all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        hints = {t: difflib.get_close_matches(t, known, n=3) for t in unknown}
+        raise EvalError(f"unknown eval_tasks {unknown}; closest known names: {hints}; local "
+                        "tasks need their folder in eval_tasks_path")
+
+
+def _offline_failure(tasks: list[str], err: BaseException) -> EvalError:
+    return EvalError(f"eval_tasks {tasks}: task data could not be loaded offline "
+                     f"(HF_DATASETS_OFFLINE=1, nothing is downloaded): {type(err).__name__}: "
+                     f"{err}. Put the dataset in the Hugging Face cache first, or use a local "
+                     "task (dataset_path: json with data_files) found through eval_tasks_path")
+
+
+def _is_offline_error(err: BaseException) -> bool:
+    return isinstance(err, OFFLINE_ERRORS) or type(err).__name__ in (
+        "DatasetNotFoundError", "LocalEntryNotFoundError", "OfflineModeIsEnabled")
+
+
+def evaluate_tasks(adapter: LM, tasks: list[str], *, include_path: str | None = None,
+                   limit: int | None = None, bootstrap_iters: int = 100000,
+                   seed: int = 1234) -> dict[str, Any]:
+    """Score ``tasks`` with ``adapter``; returns lm-eval's results dict (JSON-able parts)."""
+    from lm_eval.evaluator import simple_evaluate
+
+    if not tasks:
+        raise EvalError("no eval_tasks given; name lm-eval tasks (e.g. lambada_openai)")
+    manager = _task_manager(include_path)
+    check_task_names(tasks, manager)
+    try:
+        out = simple_evaluate(model=adapter, tasks=list(tasks), task_manager=manager,
+                              limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False,
+                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                              fewshot_random_seed=seed)
+    except Exception as err:
+        if _is_offline_error(err):
+            raise _offline_failure(tasks, err) from err
+        raise
+    return {k: out[k] for k in ("results", "versions", "n-shot", "configs", "n-samples")
+            if k in out}
+
+
+def results_path(prefix: str, now: float | None = None) -> Path:
+    """``<prefix>_eval_results_<timestamp>.json``, or ``eval_results_<timestamp>.json``."""
+    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.localtime(now))
+    return Path(f"{prefix}_eval_results_{stamp}.json" if prefix else
+                f"eval_results_{stamp}.json")
+
+
+def write_results(results: dict[str, Any], prefix: str) -> Path:
+    """Write the results JSON next to ``prefix`` and log each task's metrics."""
+    path = results_path(prefix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str))
+    for task, metrics in results.get("results", {}).items():
+        LOG.info("%s: %s", task, {k: v for k, v in metrics.items() if k != "alias"})
+    LOG.info("wrote evaluation results to %s", path)
+    return path

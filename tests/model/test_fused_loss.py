@@ -1,0 +1,130 @@
+"""The chunked, fused output projection + cross entropy equals the plain head and loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from megatron.model import build_model
+from megatron.model.fused_loss import fused_head_cross_entropy
+from megatron.parallel import ParallelLayout, ProcessGroups
+from megatron.parallel.cross_entropy import vocab_parallel_cross_entropy
+from tests.distributed import run_distributed
+from tests.model.conftest import tiny_inputs, tiny_spec
+
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def _reference(x: torch.Tensor, w: torch.Tensor, labels: torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor:
+    """Independent oracle: full logits and torch's own cross entropy."""
+    logits = x.reshape(-1, x.shape[-1]) @ w.t()
+    per_token = torch.nn.functional.cross_entropy(logits, labels.reshape(-1), reduction="none")
+    m = mask.reshape(-1)
+    return (per_token * m).sum() / m.sum()
+
+
+def _inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 7, 16, generator=gen)
+    w = torch.randn(50, 16, generator=gen) * 0.5
+    labels = torch.randint(0, 50, (3, 7), generator=gen)
+    mask = (torch.rand(3, 7, generator=gen) > 0.3).float()
+    return x, w, labels, mask
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 21, 1000])
+def test_loss_and_grads_match_full_logits(chunk: int) -> None:
+    x, w, labels, mask = _inputs()
+    x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = _reference(x1, w1, labels, mask)
+    (ref * 2.5).backward()  # a non-unit upstream gradient must scale both gradients
+    x2, w2 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    out = fused_head_cross_entropy(x2, w2, labels, mask, ProcessGroups.single().tp,
+                                   chunk_tokens=chunk)
+    (out * 2.5).backward()
+    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(x2.grad, x1.grad, **TOL)
+    torch.testing.assert_close(w2.grad, w1.grad, **TOL)
+
+
+def test_masked_tokens_get_no_gradient_and_empty_mask_is_zero() -> None:
+    x, w, labels, mask = _inputs(1)
+    mask[0] = 0.0
+    x2 = x.clone().requires_grad_()
+    fused_head_cross_entropy(x2, w, labels, mask, ProcessGroups.single().tp, 5).backward()
+    assert torch.count_nonzero(x2.grad[0]) == 0
+    zero = fused_head_cross_entropy(x, w, labels, torch.zeros_like(mask),
+                                    ProcessGroups.single().tp)
+    assert zero.item() == 0.0
+
+
+def test_no_grad_forward_matches() -> None:
+    x, w, labels, mask = _inputs(2)
+    with torch.no_grad():
+        out = fused_head_cross_entropy(x, w, labels, mask, ProcessGroups.single().tp, 4)
+    torch.testing.assert_close(out, _reference(x, w, labels, mask), **TOL)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_built_model_fused_equals_plain(tied: bool) -> None:
+    spec = tiny_spec(pos_emb="rotary", gpt_j_residual=True, tie_word_embeddings=tied)
+    tokens, pos, labels = tiny_inputs()
+    mask = torch.ones(labels.shape)
+    mask[:, :3] = 0.0
+    plain, plain_loss = build_model(spec, ProcessGroups.single(), pipe_parallel_size=0)
+    fused, fused_loss = build_model(spec, ProcessGroups.single(), pipe_parallel_size=0,
+                                    fused_loss=True, fused_loss_chunk_tokens=5)
+    ref = plain_loss(plain((tokens, pos)), (labels, mask))
+    ref.backward()
+    out = fused_loss(fused((tokens, pos)), (labels, mask))
+    out.backward()
+    torch.testing.assert_close(out, ref, **TOL)
+    grads = dict(plain.named_parameters())
+    for name, p in fused.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, **TOL, msg=name)
+    fused.eval()  # eval mode returns logits for generation and uses the plain loss
+    logits = fused((tokens, pos))
+    assert logits.shape == (2, 16, 64)
+    torch.testing.assert_close(fused_loss(logits, (labels, mask)), ref.detach(), **TOL)
+
+
+def test_bf16_autocast_close_to_fp32() -> None:
+    x, w, labels, mask = _inputs(3)
+    w2 = w.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_head_cross_entropy(x, w2, labels, mask, ProcessGroups.single().tp, 4)
+    out.backward()
+    assert w2.grad.dtype == torch.float32  # fp32 master weights get fp32 gradients
+    w1 = w.clone().requires_grad_()
+    _reference(x, w1, labels, mask).backward()
+    torch.testing.assert_close(out, _reference(x, w, labels, mask), atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(w2.grad, w1.grad, atol=3e-2, rtol=3e-2)
+
+
+def check_tp2_fused(rank: int, world_size: int) -> None:
+    """Each rank holds half the vocabulary rows; loss and gradients equal the full ones."""
+    groups = ProcessGroups.build(ParallelLayout(tp=2, pp=1, dp=1, rank=rank))
+    x, w, labels, mask = _inputs(4)
+    x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = _reference(x1, w1, labels, mask)
+    ref.backward()
+    half = w.shape[0] // 2
+    local = w[rank * half:(rank + 1) * half].clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    out = fused_head_cross_entropy(x2, local, labels, mask, groups.tp, chunk_tokens=6)
+    out.backward()
+    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(local.grad, w1.grad[rank * half:(rank + 1) * half], **TOL)
+    # The partial input gradients sum to the full one (copy_to_tp all-reduces them).
+    torch.distributed.all_reduce(x2.grad, group=groups.tp.group)
+    torch.testing.assert_close(x2.grad, x1.grad, **TOL)
+    per_token = vocab_parallel_cross_entropy(x @ local.detach().t(), labels, groups.tp)
+    plain = (per_token * mask).sum() / mask.sum()
+    torch.testing.assert_close(out.detach(), plain, **TOL)
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(120)
+def test_tp2_fused_matches_full() -> None:
+    run_distributed(check_tp2_fused, world_size=2)
