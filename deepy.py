@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from megatron.neox_arguments import ConfigError, NeoXArgs, Resources
+from megatron.neox_arguments import ConfigError, NeoXArgs
 from megatron.neox_arguments.support import (
     missing_paths,
     performance_fallbacks,
@@ -24,9 +24,9 @@ from megatron.neox_arguments.support import (
 def load(argv: list[str] | None) -> tuple[str, NeoXArgs]:
     """Parse deepy's command line and build the validated config (raises ConfigError)."""
     user_script, paths = NeoXArgs.consume_deepy_args(argv)
-    raw = NeoXArgs.from_ymls(paths)
-    args = NeoXArgs.from_ymls(paths, resources=Resources.detect(raw))
-    problems = [*unsupported_features(args), *missing_paths(args)]
+    args = NeoXArgs.from_ymls(paths)  # detects nodes and devices from the runner keys
+    missing = [f"missing file: {path}" for path in missing_paths(args)]
+    problems = [*unsupported_features(args), *missing]
     if problems:
         raise ConfigError("\n".join(problems))
     return user_script, args

@@ -26,12 +26,22 @@ class EvalError(Exception):
     """An evaluation cannot run: unknown task, or task data missing offline."""
 
 
-def _task_manager(include_path: str | None) -> Any:
+def task_manager_for(tasks: list[str], include_path: str | None) -> Any:
+    """A ``TaskManager`` that knows ``tasks``.
+
+    Indexing lm-eval's thousands of built-in task YAMLs takes tens of seconds, so when every
+    task is found in ``include_path`` alone the built-in index is skipped.
+    """
     from lm_eval.tasks import TaskManager
 
     if include_path and not Path(include_path).is_dir():
         raise EvalError(f"eval_tasks_path = {include_path!r} is not a folder of task YAMLs")
-    return TaskManager(include_path=include_path) if include_path else TaskManager()
+    if include_path:
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if set(tasks) <= set(local.all_tasks):
+            return local
+        return TaskManager(include_path=include_path)
+    return TaskManager()
 
 
 def check_task_names(tasks: list[str], manager: Any) -> None:
@@ -64,7 +74,7 @@ def evaluate_tasks(adapter: LM, tasks: list[str], *, include_path: str | None = 
 
     if not tasks:
         raise EvalError("no eval_tasks given; name lm-eval tasks (e.g. lambada_openai)")
-    manager = _task_manager(include_path)
+    manager = task_manager_for(tasks, include_path)
     check_task_names(tasks, manager)
     try:
         out = simple_evaluate(model=adapter, tasks=list(tasks), task_manager=manager,
@@ -95,3 +105,20 @@ def write_results(results: dict[str, Any], prefix: str) -> Path:
         LOG.info("%s: %s", task, {k: v for k, v in metrics.items() if k != "alias"})
     LOG.info("wrote evaluation results to %s", path)
     return path
+
+
+def run_from_args(args: Any) -> dict[str, Any]:
+    """evaluate.py's worker: load the model, score ``eval_tasks``, rank 0 writes the JSON."""
+    from eval_tasks.eval_adapter import NeoXEvalAdapter
+    from megatron.inference import start_inference
+
+    im = start_inference(args)
+    batch = int(getattr(args, "train_micro_batch_size_per_gpu", None) or 1)
+    adapter = NeoXEvalAdapter.from_inference_model(im, batch_size=batch)
+    results = evaluate_tasks(adapter, list(getattr(args, "eval_tasks", None) or []),
+                             include_path=getattr(args, "eval_tasks_path", None),
+                             limit=getattr(args, "eval_task_limit", None),
+                             seed=int(args.seed))
+    if im.is_rank0:
+        write_results(results, getattr(args, "eval_results_prefix", "") or "")
+    return results

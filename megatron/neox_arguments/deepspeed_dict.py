@@ -19,9 +19,15 @@ DEEPSPEED_KEYS: tuple[str, ...] = tuple(
 )
 
 
+# Keys DeepSpeed 0.19 refuses outright, even when off; off is what it does anyway, so an
+# off value is left out rather than failing a GPT-NeoX config that spells it out.
+REMOVED_WHEN_OFF: tuple[str, ...] = ("sparse_gradients",)
+
+
 def build_deepspeed_config(values: Mapping[str, Any]) -> dict[str, Any]:
     """DeepSpeed dict from the complete value mapping of a NeoXArgs."""
     config = {key: copy.deepcopy(values[key]) for key in DEEPSPEED_KEYS
-              if values.get(key) is not None}
+              if values.get(key) is not None
+              and not (key in REMOVED_WHEN_OFF and not values[key])}
     config.update(copy.deepcopy(values.get("deepspeed_extra_args") or {}))
     return config

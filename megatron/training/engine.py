@@ -100,9 +100,6 @@ def _deepspeed_config(args: Any) -> dict[str, Any]:
     config = dict(args.deepspeed_config)
     for key in _CLIENT_BUILT:
         config.pop(key, None)
-    if not config.get("sparse_gradients", True):
-        # DeepSpeed 0.19 rejects the key outright, even false; false is what it does anyway.
-        config.pop("sparse_gradients")
     return config
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eval_tasks.eval_adapter import NeoXEvalAdapter
-from eval_tasks.runner import EvalError, evaluate_tasks, write_results
+from eval_tasks.runner import EvalError, check_task_names, evaluate_tasks, write_results
 from megatron.inference.decoder import RecomputeDecoder
 from megatron.parallel import ProcessGroups
 from tests.eval_tasks.conftest import CHOICE_DOCS
@@ -51,13 +51,21 @@ def adapter(model: torch.nn.Module, batch_size: int = 3) -> NeoXEvalAdapter:
 
 
 def test_loglikelihood_equals_sum_of_log_softmax(model: torch.nn.Module) -> None:
-    pairs = [("abc", " d"), ("hello", " world"), ("", "ab"), ("x ", "yz")]
+    pairs = [("abc", " d"), ("hello", " w"), ("", "ab"), ("x ", "yz")]
     got = adapter(model).loglikelihood([req(c, x) for c, x in pairs])
     for (context, cont), (logprob, _) in zip(pairs[:3], got, strict=False):
         assert logprob == pytest.approx(independent_loglikelihood(model, context, cont),
                                         abs=1e-4)
     # trailing context spaces move into the continuation: "x " + "yz" scores " yz" after "x"
     assert got[3][0] == pytest.approx(independent_loglikelihood(model, "x", " yz"), abs=1e-4)
+
+
+def test_long_requests_keep_the_newest_max_length_tokens(model: torch.nn.Module) -> None:
+    context, cont = "abcdefghij", "kl"  # 12 tokens: the model reads tokens 3..10 (8 of them)
+    everything = TOK.tokenize(context + cont)
+    expected = sum(token_logprobs(model, everything[3:j], everything[j]) for j in (10, 11))
+    [(got, _)] = adapter(model).loglikelihood([req(context, cont)])
+    assert got == pytest.approx(expected, abs=1e-4)
 
 
 def test_is_greedy_matches_argmax_continuation(model: torch.nn.Module) -> None:
@@ -122,9 +130,13 @@ def test_limit_scores_only_the_first_documents(model: torch.nn.Module, task_dir:
     assert results["n-samples"]["tiny_choice"] == {"original": 3, "effective": 1}
 
 
-def test_unknown_task_is_a_clear_error(model: torch.nn.Module, task_dir: Path) -> None:
-    with pytest.raises(EvalError, match="tiny_choise"):
-        evaluate_tasks(adapter(model), ["tiny_choise"], include_path=str(task_dir))
+def test_unknown_task_is_a_clear_error(task_dir: Path) -> None:
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    with pytest.raises(EvalError, match=r"tiny_choise.*tiny_choice"):
+        check_task_names(["tiny_choice", "tiny_choise"], manager)
+    check_task_names(["tiny_choice", "tiny_gen"], manager)  # known names pass
 
 
 def test_missing_task_data_fails_with_offline_message(model: torch.nn.Module,

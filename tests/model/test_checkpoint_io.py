@@ -138,3 +138,65 @@ def test_uneven_split_is_refused() -> None:
     full = random_full(MHA)
     with pytest.raises(CheckpointFormatError, match="not divisible by tensor-parallel size 3"):
         shard_state_dict(full, MHA, 0, 3)
+
+
+def _engine(model: torch.nn.Module, mpu: object | None) -> object:
+    import deepspeed
+
+    cfg = {"train_batch_size": 1, "train_micro_batch_size_per_gpu": 1,
+           "optimizer": {"type": "SGD", "params": {"lr": 0.0}}}
+    engine, *_ = deepspeed.initialize(model=model, config=cfg, mpu=mpu,
+                                      model_parameters=list(model.parameters()))
+    return engine
+
+
+def _plain_names(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A model's state as ``sequential.<i>.<param>`` (pipeline names mapped like GPT-NeoX)."""
+    out = {}
+    for name, tensor in module.state_dict().items():
+        name = name.removeprefix("module.")
+        if name.startswith("tied_modules.embed."):
+            name = "0." + name.removeprefix("tied_modules.embed.")
+        out[name if name.startswith("sequential.") else f"sequential.{name}"] = tensor
+    return out
+
+
+def check_deepspeed_engines(rank: int, world_size: int, root: str) -> None:
+    """TP=2 DeepSpeed engines (plain and pipeline) write what we merge, and load what we
+    write with ``load_module_only`` (the training engine's ``finetune: true`` path)."""
+    import deepspeed
+
+    from megatron.model import build_model
+    from megatron.parallel import ParallelLayout, ProcessGroups
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    groups = ProcessGroups.build(ParallelLayout(tp=2, pp=1, dp=1, rank=rank))
+    for pp in (0, 1):
+        model, _ = build_model(GQA, groups, pipe_parallel_size=pp, seed=11 + pp)
+        engine = _engine(model, None if pp else groups.mpu)
+        saved = Path(root, f"ds_pp{pp}")
+        engine.save_checkpoint(str(saved), tag="global_step3")
+        torch.distributed.barrier()
+        merged = load_full_state_dict(saved / "global_step3", GQA)
+        dense = GPTModel(GQA, Group(), seed=11 + pp).state_dict()  # layout-independent init
+        assert merged.keys() == dense.keys()
+        assert all(torch.equal(merged[k], dense[k]) for k in dense), pp
+        full = random_full(GQA, seed=20 + pp)
+        ours = Path(root, f"ours_pp{pp}")
+        if rank == 0:
+            save_as_checkpoint(full, GQA, ours, tp=2, pp=pp)
+        torch.distributed.barrier()
+        engine.load_checkpoint(str(ours), load_module_only=True, load_optimizer_states=False,
+                               load_lr_scheduler_states=False)
+        expected = shard_state_dict(full, GQA, rank, 2)
+        got = _plain_names(engine.module)
+        assert got.keys() == expected.keys(), sorted(got.keys() ^ expected.keys())
+        assert all(torch.equal(got[k], expected[k]) for k in expected), pp
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(300)
+def test_deepspeed_engines_write_what_we_merge_and_load_what_we_write(tmp_path: Path) -> None:
+    from tests.distributed import run_distributed
+
+    run_distributed(check_deepspeed_engines, 2, 280.0, str(tmp_path))

@@ -98,3 +98,11 @@ def test_precision_key_produces_dict():
 def test_dict_is_a_copy(args):
     args.deepspeed_config["optimizer"]["params"]["lr"] = 1.0
     assert args.deepspeed_config["optimizer"]["params"]["lr"] == 6e-4
+
+
+def test_sparse_gradients_off_is_left_out_and_on_is_kept():
+    # DeepSpeed 0.19 raises on the key even when false; a GPT-NeoX config may spell it out.
+    off = NeoXArgs.from_dict({**MINIMAL, "sparse_gradients": False}, resources=EIGHT_GPUS)
+    on = NeoXArgs.from_dict({**MINIMAL, "sparse_gradients": True}, resources=EIGHT_GPUS)
+    assert "sparse_gradients" not in off.deepspeed_config
+    assert on.deepspeed_config["sparse_gradients"] is True
