@@ -18,9 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"train.py: {err}", file=sys.stderr)
         return 2
+    from megatron.data.errors import DataError
     from megatron.training import pretrain
+    from megatron.training.checkpointing import CheckpointError
 
-    return pretrain(args)
+    try:
+        return pretrain(args)
+    except (CheckpointError, DataError) as err:
+        print(f"train.py: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

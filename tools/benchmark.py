@@ -46,17 +46,26 @@ PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 @dataclass(frozen=True)
 class Measurement:
-    """One side's run of one config: per-step wall and data-wait seconds, peak RSS."""
+    """One side's run of one config: per-step wall, CPU and data-wait seconds, peak RSS.
+
+    CPU seconds (all threads of the process) are reported next to wall time because on a
+    shared machine the wall time also measures the neighbours.
+    """
 
     side: str
     step_s: list[float]
     data_s: list[float]
     peak_rss_mb: float
     setup_s: float
+    cpu_s: list[float]
 
     @property
     def median_step_s(self) -> float:
         return statistics.median(self.step_s)
+
+    @property
+    def median_cpu_s(self) -> float:
+        return statistics.median(self.cpu_s)
 
     @property
     def data_fraction(self) -> float:
@@ -80,7 +89,8 @@ def merge(runs: list[Measurement]) -> Measurement:
     """Pool the steps of one side's repeated runs; peak RSS is the largest seen."""
     return Measurement(runs[0].side, [s for r in runs for s in r.step_s],
                        [s for r in runs for s in r.data_s],
-                       max(r.peak_rss_mb for r in runs), statistics.median(r.setup_s for r in runs))
+                       max(r.peak_rss_mb for r in runs), statistics.median(r.setup_s for r in runs),
+                       [s for r in runs for s in r.cpu_s])
 
 
 # ---------------------------------------------------------------- worker side (subprocess)
@@ -192,16 +202,17 @@ def run_worker(opts: argparse.Namespace) -> dict[str, Any]:
     setup = time.perf_counter() - start
     data = TimedIterator(random_batches(args.train_micro_batch_size_per_gpu, args.seq_length,
                                         min(args.padded_vocab_size, 50257)))
-    step_s, data_s = [], []
+    step_s, data_s, cpu_s = [], [], []
     for i in range(opts.warmup + opts.steps):
-        waited, t0 = data.waited, time.perf_counter()
+        waited, t0, c0 = data.waited, time.perf_counter(), time.process_time()
         step(data)
         if i >= opts.warmup:
             step_s.append(time.perf_counter() - t0)
+            cpu_s.append(time.process_time() - c0)
             data_s.append(data.waited - waited)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"side": opts.worker, "step_s": step_s, "data_s": data_s, "peak_rss_mb": rss_mb,
-            "setup_s": setup}
+            "setup_s": setup, "cpu_s": cpu_s}
 
 
 # ---------------------------------------------------------------- parent side
@@ -247,7 +258,8 @@ def row(config: str, precision: str, m: Measurement, tokens: int, flops: int,
         peak: float) -> dict[str, Any]:
     step = m.median_step_s
     return {"config": config, "precision": precision, "side": m.side, "step_s": step,
-            "tokens_per_s": tokens / step, "mfu": model_flops_utilisation(flops, step, peak),
+            "tokens_per_s": tokens / step, "tokens_per_cpu_s": tokens / m.median_cpu_s,
+            "mfu": model_flops_utilisation(flops, step, peak),
             "peak_rss_mb": m.peak_rss_mb, "data_wait": m.data_fraction, "setup_s": m.setup_s}
 
 
@@ -262,6 +274,7 @@ def compare(config: str, precision: str, opts: argparse.Namespace) -> list[dict[
     ours, hf = rows
     rows.append({"config": config, "precision": precision, "side": "ours/hf",
                  "tokens_per_s": ours["tokens_per_s"] / hf["tokens_per_s"],
+                 "tokens_per_cpu_s": ours["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"],
                  "peak_rss_mb": ours["peak_rss_mb"] / hf["peak_rss_mb"],
                  "peak_tflops": peak / 1e12})
     return rows
@@ -270,16 +283,18 @@ def compare(config: str, precision: str, opts: argparse.Namespace) -> list[dict[
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width text table; ratio rows show tokens/s and RSS ratios."""
     head = (f"{'config':<11} {'prec':<5} {'side':<8} {'step s':>7} {'tok/s':>8} {'MFU':>6} "
-            f"{'RSS MB':>8} {'data %':>6} {'setup s':>7}")
+            f"{'tok/cpu-s':>9} {'RSS MB':>8} {'data %':>6} {'setup s':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if r["side"] == "ours/hf":
             lines.append(f"{r['config']:<11} {r['precision']:<5} {'ours/hf':<8} {'':>7} "
-                         f"{r['tokens_per_s']:>7.2f}x {'':>6} {r['peak_rss_mb']:>7.2f}x "
+                         f"{r['tokens_per_s']:>7.2f}x {'':>6} {r['tokens_per_cpu_s']:>8.2f}x "
+                         f"{r['peak_rss_mb']:>7.2f}x "
                          f"  (GEMM peak {r['peak_tflops'] * 1e3:.1f} GFLOP/s)")
             continue
         lines.append(f"{r['config']:<11} {r['precision']:<5} {r['side']:<8} {r['step_s']:>7.2f} "
                      f"{r['tokens_per_s']:>8.0f} {100 * r['mfu']:>5.1f}% "
+                     f"{r['tokens_per_cpu_s']:>9.0f} "
                      f"{r['peak_rss_mb']:>8.0f} {100 * r['data_wait']:>5.2f}% "
                      f"{r['setup_s']:>7.1f}")
     return "\n".join(lines)

@@ -68,6 +68,7 @@ def common_problems(spec: ModelSpec) -> list[str]:
 
 
 def neox_problems(spec: ModelSpec) -> list[str]:
+    """Why ``GPTNeoXForCausalLM`` cannot compute this model exactly (empty: it can)."""
     problems = common_problems(spec)
     if spec.gqa:
         problems.append(f"num_kv_heads = {spec.num_kv_heads} (GPTNeoX has no grouped-query "
@@ -81,6 +82,7 @@ def neox_problems(spec: ModelSpec) -> list[str]:
 
 
 def llama_problems(spec: ModelSpec) -> list[str]:
+    """Why ``LlamaForCausalLM`` cannot compute this model exactly (empty: it can)."""
     problems = common_problems(spec)
     if spec.pos_emb == "rotary" and spec.rotary_pct < 1:
         problems.append(f"rotary_pct = {spec.rotary_pct} (LLaMA rotates whole heads)")
@@ -182,6 +184,7 @@ def llama_weights(full: StateDict, spec: ModelSpec) -> StateDict:
 
 
 def neox_config(spec: ModelSpec, extra: dict[str, Any]) -> Any:
+    """``GPTNeoXConfig`` (transformers 5 stores rotary_pct/base in ``rope_parameters``)."""
     from transformers import GPTNeoXConfig
 
     return GPTNeoXConfig(
@@ -196,6 +199,7 @@ def neox_config(spec: ModelSpec, extra: dict[str, Any]) -> Any:
 
 
 def llama_config(spec: ModelSpec, extra: dict[str, Any]) -> Any:
+    """``LlamaConfig`` with plain (unscaled) rotary over whole heads."""
     from transformers import LlamaConfig
 
     return LlamaConfig(

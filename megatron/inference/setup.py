@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from megatron.inference.decoder import RecomputeDecoder
+from megatron.inference.decoder import CachedDecoder, RecomputeDecoder
 from megatron.inference.errors import InferenceError
 from megatron.inference.generation import GenerationLimits, TextGenerator, TokenSync
 from megatron.inference.sampling import SamplingParams
@@ -47,11 +47,9 @@ class InferenceModel:
         return not dist.is_initialized() or dist.get_rank() == 0
 
     def decoder(self) -> RecomputeDecoder:
-        """The step interface (recompute; a KV-cached decoder slots in here)."""
-        if not getattr(self.args, "recompute", True):
-            LOG.info("recompute is false, but the model has no KV-cache hook yet; every step "
-                     "recomputes the whole sequence (same tokens, slower)")
-        return RecomputeDecoder(self.model, self.groups.tp, self.tokenizer.vocab_size)
+        """The step interface: the KV cache unless ``recompute`` is set (GPT-NeoX's key)."""
+        cls = RecomputeDecoder if getattr(self.args, "recompute", False) else CachedDecoder
+        return cls(self.model, self.groups.tp, self.tokenizer.vocab_size)
 
     def text_generator(self, batch_size: int | None = None,
                        stop_tokens: frozenset[int] = frozenset()) -> TextGenerator:
@@ -121,8 +119,11 @@ def load_weights(model: nn.Module, load_dir: str, spec: ModelSpec, tp: Group,
     except ImportError as err:
         raise InferenceError("megatron.model.checkpoint_io is missing; cannot read "
                              f"checkpoints ({err})") from err
-    full = checkpoint_io.load_full_state_dict(Path(load_dir) / tag, spec)
-    shard = checkpoint_io.shard_state_dict(full, spec, tp.rank, tp.size)
+    try:
+        full = checkpoint_io.load_full_state_dict(Path(load_dir) / tag, spec)
+        shard = checkpoint_io.shard_state_dict(full, spec, tp.rank, tp.size)
+    except checkpoint_io.CheckpointFormatError as err:
+        raise InferenceError(f"cannot load weights from {Path(load_dir) / tag}: {err}") from err
     missing, unexpected = model.load_state_dict(shard, strict=False)
     if missing or unexpected:
         raise InferenceError(f"checkpoint {Path(load_dir) / tag} does not fit the model: "

@@ -11,6 +11,9 @@ class OtherArgs:
     distributed_backend: Literal["nccl", "gloo", "mpi", "ccl", "hccl"] = "nccl"
     """torch.distributed backend; without CUDA nccl is replaced by gloo."""
 
+    distributed_timeout_minutes: float = 10.0
+    """Collective timeout; a rank that stops answering fails the others after this long."""
+
     local_rank: int | None = None
     """Rank on this node; given by the launcher."""
 

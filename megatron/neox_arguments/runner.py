@@ -49,3 +49,9 @@ class RunnerArgs:
 
     account: str | None = None
     """Account passed to the slurm launcher."""
+
+    no_ssh: bool = False
+    """Start only this node's workers, without ssh (DeepSpeed --no_ssh); run once per node."""
+
+    node_rank: int | None = None
+    """This node's index in the hostfile (0 = first host); required with no_ssh."""

@@ -42,6 +42,15 @@ def check_positive(values: Values, origins: Origins) -> list[Problem]:
             for k in keys if values.get(k) is not None and values[k] <= 0]
 
 
+def check_timeout(values: Values, origins: Origins) -> list[Problem]:
+    """A zero or negative collective timeout would fail the very first collective."""
+    key = "distributed_timeout_minutes"
+    if values.get(key) is not None and values[key] <= 0:
+        return [_problem(key, values, origins, "must be a positive number of minutes",
+                         "e.g. 10; fractions such as 0.5 are allowed")]
+    return []
+
+
 def check_hidden_divisible_by_heads(values: Values, origins: Origins) -> list[Problem]:
     """Each head gets hidden_size / num_attention_heads dimensions."""
     hidden, heads = values.get("hidden_size"), values.get("num_attention_heads")
@@ -179,6 +188,7 @@ def check_precision(values: Values, origins: Origins) -> list[Problem]:
 CHECKS: list[Callable[[Values, Origins], list[Problem]]] = [
     check_required,
     check_positive,
+    check_timeout,
     check_hidden_divisible_by_heads,
     check_heads_divisible_by_tp,
     check_kv_heads,

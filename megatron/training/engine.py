@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -27,7 +28,9 @@ from megatron.model import ModelSpec, build_model
 from megatron.parallel import ParallelLayout, ProcessGroups
 from megatron.parallel.random import RNGTracker
 from megatron.tokenizer import build_tokenizer, padded_vocab_size
+from megatron.training.grad_clip import clip_grads_, global_grad_norm
 from megatron.training.lr_schedules import AnnealingLR
+from megatron.training.nonfinite import NonFiniteGuard
 from megatron.training.optimizers import DeepSpeedOptimizer, build_optimizer, param_groups
 from megatron.training.state import seed_everything
 
@@ -49,6 +52,7 @@ class Run:
     loss_fn: Callable
     is_pipe: bool
     rng_tracker: RNGTracker
+    guard: NonFiniteGuard | None
 
     @property
     def is_rank0(self) -> bool:
@@ -71,7 +75,11 @@ def init_distributed(args: Any) -> None:
         )
     )
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=args.distributed_backend, auto_mpi_discovery=True)
+        # A lost node then fails the survivors' next collective after this long, not 10 minutes.
+        timeout = timedelta(minutes=float(getattr(args, "distributed_timeout_minutes", 10.0)))
+        deepspeed.init_distributed(
+            dist_backend=args.distributed_backend, auto_mpi_discovery=True, timeout=timeout
+        )
 
 
 def build_groups(args: Any) -> ProcessGroups:
@@ -141,6 +149,7 @@ def build_run(args: Any) -> Run:
         config["optimizer"], optimizer, scheduler = optimizer.config, None, None
     else:
         scheduler = AnnealingLR.from_args(optimizer, args)
+    guard = NonFiniteGuard(optimizer) if optimizer is not None else None
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -150,24 +159,23 @@ def build_run(args: Any) -> Run:
         mpu=None if is_pipe else groups.mpu,
         dist_init_required=False,
     )
-    _keep_fp32_grad_norm(engine)
-    return Run(args, groups, tokenizer, spec, engine, loss_fn, is_pipe, tracker)
+    _clip_fp32_globally(engine, groups.tp.rank)
+    return Run(args, groups, tokenizer, spec, engine, loss_fn, is_pipe, tracker, guard)
 
 
-def _keep_fp32_grad_norm(engine: Any) -> None:
-    """Record the pre-clipping gradient norm that DeepSpeed computes and drops in fp32.
+def _clip_fp32_globally(engine: Any, tp_rank: int) -> None:
+    """Replace DeepSpeed's fp32 clipping with one that counts every stage (see grad_clip).
 
-    With fp16, bf16 or ZeRO DeepSpeed's optimizer wrapper reports the norm; in plain fp32
-    it clips through `clip_fp32_gradients` and throws the norm away, so we keep it there.
+    With fp16, bf16 or ZeRO DeepSpeed's optimizer wrapper clips and reports the norm; in
+    plain fp32 it goes through `clip_fp32_gradients`, which we take over here so the norm
+    is global on a pipeline too, and is kept for logging.
     """
-    from deepspeed.runtime.utils import clip_grad_norm_
 
     def clip() -> None:
-        engine._global_grad_norm = clip_grad_norm_(
-            parameters=engine.module.parameters(),
-            max_norm=engine.gradient_clipping(),
-            mpu=engine.mpu,
-        )
+        params = list(engine.module.parameters())
+        norm = global_grad_norm(params, tp_rank, engine.mpu.get_model_parallel_group())
+        clip_grads_(params, engine.gradient_clipping(), norm)
+        engine._global_grad_norm = float(norm)
 
     engine.clip_fp32_gradients = clip
 

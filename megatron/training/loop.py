@@ -19,7 +19,7 @@ import torch.distributed as dist
 from megatron.training import checkpointing as ckpt
 from megatron.training.reporting import StepReporter
 from megatron.training.state import TrainState, rng_state
-from megatron.training.step import StepResult, eval_loss, train_step
+from megatron.training.step import StepResult, eval_loss, fixed_batch_loss, train_step
 
 LOG = logging.getLogger(__name__)
 
@@ -53,7 +53,11 @@ def _agreed(flag: bool) -> bool:
 def client_state(run: Any, state: TrainState) -> dict[str, Any]:
     """What we add to DeepSpeed's checkpoint so a resume is exact."""
     a = run.args
+    extra = {}
+    if a.checkpoint_validation_with_forward_pass:
+        extra["checkpoint_validation_loss"] = fixed_batch_loss(run)
     return {
+        **extra,
         "iteration": state.iteration,
         "train_state": state.to_dict(),
         "rng_state": rng_state(),
@@ -111,7 +115,7 @@ def train(
         seconds = time.perf_counter() - start
         state.iteration += 1
         state.consumed_samples += a.train_batch_size
-        _count_skips(state, result, a)
+        _count_skips(state, result)
         reporter.step(state, result, seconds)
         if valid_data is not None and a.eval_interval and state.iteration % a.eval_interval == 0:
             evaluate(run, state, valid_data, metrics, "validation")
@@ -125,13 +129,17 @@ def train(
     return state
 
 
-def _count_skips(state: TrainState, result: StepResult, args: Any) -> None:
-    if result.finite:
+def _count_skips(state: TrainState, result: StepResult) -> None:
+    if not result.skipped:
         state.consecutive_skips = 0
         return
     state.skipped_steps += 1
     state.consecutive_skips += 1
-    LOG.warning("iteration %d: non-finite loss %s", state.iteration, result.loss)
+    LOG.warning(
+        "iteration %d: update skipped (loss %s, non-finite gradients or loss-scale overflow)",
+        state.iteration,
+        result.loss,
+    )
 
 
 def _should_stop(run: Any, state: TrainState, stop: StopFlag) -> bool:

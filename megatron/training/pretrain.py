@@ -10,7 +10,9 @@ from megatron.training.engine import batches, build_data, build_run
 from megatron.training.loop import evaluate, train
 from megatron.training.metrics import MetricsLogger
 from megatron.training.state import TrainState, set_rng_state
+from megatron.training.step import fixed_batch_loss
 from megatron.utils.logging import configure_logging
+from megatron.utils.tee import tee_output
 
 LOG = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ def resume(run: Any) -> TrainState:
     if finetune or client is None:
         LOG.info("loaded weights from %s/%s; starting at iteration 0", a.load, tag)
         return TrainState()
+    _validate_forward_pass(run, client, f"{a.load}/{tag}")
     if not a.no_load_rng and "rng_state" in client:
         set_rng_state(client["rng_state"])
         run.rng_tracker.set_states(client["rng_tracker"])
@@ -42,9 +45,26 @@ def resume(run: Any) -> TrainState:
     return state
 
 
+def _validate_forward_pass(run: Any, client: dict, where: str) -> None:
+    """With checkpoint_validation_with_forward_pass, the loaded weights must reproduce the
+    loss they had on a fixed batch when they were saved."""
+    saved = client.get("checkpoint_validation_loss")
+    if not run.args.checkpoint_validation_with_forward_pass or saved is None:
+        return
+    now = fixed_batch_loss(run)
+    if abs(now - saved) > 1e-5 * max(1.0, abs(saved)):
+        raise ckpt.CheckpointError(
+            f"{where}: the loaded model gives loss {now:.6f} on the validation batch, but "
+            f"{saved:.6f} when it was saved; the checkpoint does not match this config"
+        )
+    LOG.info("checkpoint validated: forward pass reproduces loss %.6f", saved)
+
+
 def pretrain(args: Any) -> int:
     """Train as the config says; returns the process exit code."""
     run = build_run(args)
+    if args.log_dir:
+        tee_output(args.log_dir, run.groups.layout.rank)
     configure_logging(rank=run.groups.layout.rank)
     state = resume(run)
     metrics = MetricsLogger.from_args(
@@ -54,6 +74,15 @@ def pretrain(args: Any) -> int:
         train_iter, valid, test = build_data(run, state.consumed_samples)
         valid_iter = batches(run, valid, 0, cycle=True) if valid is not None else None
         state = train(run, state, train_iter, valid_iter, metrics)
+        limit = args.max_consecutive_skipped_steps
+        if limit and state.consecutive_skips >= limit:
+            LOG.error(
+                "stopped: %d consecutive updates skipped for non-finite gradients; the last "
+                "good weights were saved at iteration %d",
+                state.consecutive_skips,
+                state.iteration,
+            )
+            return 1
         if valid_iter is not None and args.eval_iters:
             evaluate(run, state, valid_iter, metrics, "validation")
         if test is not None and args.eval_iters:

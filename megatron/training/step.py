@@ -23,7 +23,8 @@ class StepResult:
 
     loss: float
     grad_norm: float | None
-    finite: bool
+    skipped: bool
+    """The update was withheld: non-finite gradients, or an fp16 loss-scale overflow."""
 
 
 def _mean_over(value: torch.Tensor, group: Any, size: int) -> torch.Tensor:
@@ -52,7 +53,9 @@ def train_step(run: Any, data: Iterator[tuple]) -> StepResult:
     value = float(loss)
     norm = engine.get_global_grad_norm()
     norm = float(norm) if norm is not None else None
-    return StepResult(loss=value, grad_norm=norm, finite=math.isfinite(value))
+    withheld = run.guard is not None and run.guard.skipped_last
+    skipped = withheld or not engine.was_step_applied() or not math.isfinite(value)
+    return StepResult(loss=value, grad_norm=norm, skipped=skipped)
 
 
 @torch.no_grad()
@@ -75,3 +78,32 @@ def eval_loss(run: Any, data: Iterator[tuple], iters: int) -> float:
     finally:
         engine.train()
     return total / max(iters, 1)
+
+
+def _fixed_batch(run: Any) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """A deterministic batch that depends only on the config, for checkpoint validation."""
+    a = run.args
+    rows = a.train_micro_batch_size_per_gpu
+    steps = torch.arange(rows * (a.seq_length + 1), dtype=torch.int64)
+    text = ((steps * 7919 + 104729) % run.tokenizer.vocab_size).view(rows, a.seq_length + 1)
+    positions = torch.arange(a.seq_length, dtype=torch.int64).expand(rows, -1).contiguous()
+    device = run.engine.device
+    inputs = (text[:, :-1].to(device), positions.to(device))
+    labels = (text[:, 1:].to(device), torch.ones(rows, a.seq_length, device=device))
+    return inputs, labels
+
+
+@torch.no_grad()
+def fixed_batch_loss(run: Any) -> float:
+    """Loss of the model on `_fixed_batch`, in eval mode (no dropout), on every rank."""
+    batch = _fixed_batch(run)
+    engine = run.engine
+    engine.eval()
+    try:
+        if run.is_pipe:
+            copies = iter([batch] * engine.gradient_accumulation_steps())
+            return float(engine.eval_batch(data_iter=copies))
+        inputs, labels = batch
+        return float(run.loss_fn(engine(inputs), labels))
+    finally:
+        engine.train()

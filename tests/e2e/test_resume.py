@@ -40,7 +40,12 @@ def test_resume_after_sigkill_equals_uninterrupted(
     runs: dict[str, Path], char_corpus: str, tmp_path: Path, layout: str
 ) -> None:
     config = tiny_config(
-        char_corpus, tmp_path, checkpoint_factor=1, keep_last_n_checkpoints=3, **LAYOUTS[layout]
+        char_corpus,
+        tmp_path,
+        checkpoint_factor=1,
+        keep_last_n_checkpoints=3,
+        checkpoint_validation_with_forward_pass=True,
+        **LAYOUTS[layout],
     )
     proc = start_deepy(config, tmp_path)
     ckpts = tmp_path / "checkpoints"
@@ -54,6 +59,7 @@ def test_resume_after_sigkill_equals_uninterrupted(
     resumed = run_deepy(config, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
+    assert "checkpoint validated" in resumed.stdout + resumed.stderr
 
     reference = train_losses(runs[layout])
     losses = train_losses(tmp_path)  # later lines (the resumed run) win
@@ -85,3 +91,17 @@ def test_sigterm_saves_and_exits_cleanly(char_corpus: str, tmp_path: Path) -> No
     manifest = tmp_path / "checkpoints" / f"global_step{step}" / "manifest.json"
     assert manifest.is_file()
     assert "received signal 15" in (tmp_path / "deepy.log").read_text()
+
+
+def test_checkpoint_validation_rejects_a_different_model(char_corpus: str, tmp_path: Path) -> None:
+    config = tiny_config(
+        char_corpus, tmp_path, exit_interval=5, checkpoint_validation_with_forward_pass=True
+    )
+    first = run_deepy(config, tmp_path)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert _latest_step(tmp_path / "checkpoints") == 5
+    # Same parameter shapes, different function: the saved weights no longer fit.
+    config.update(rotary_emb_base=500, exit_interval=None)
+    second = run_deepy(config, tmp_path)
+    assert second.returncode == 1
+    assert "does not match this config" in second.stderr

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
-from megatron.inference.decoder import RecomputeDecoder
+from megatron.inference.decoder import CachedDecoder, RecomputeDecoder
 from megatron.inference.errors import InferenceError
 from megatron.inference.generation import (
     GenerationLimits,
@@ -17,6 +19,7 @@ from megatron.parallel import ProcessGroups
 from tests.inference.conftest import TinyCharTokenizer, tiny_model
 
 VOCAB = TinyCharTokenizer.vocab_size
+MakeDecoder = Callable[[torch.nn.Module], RecomputeDecoder]
 
 
 def argmax_loop(model: torch.nn.Module, prompt: list[int], steps: int) -> list[int]:
@@ -40,11 +43,18 @@ def model() -> torch.nn.Module:
     return tiny_model()
 
 
-def decoder_for(model: torch.nn.Module) -> RecomputeDecoder:
-    return RecomputeDecoder(model, ProcessGroups.single().tp, VOCAB)
+@pytest.fixture(params=[RecomputeDecoder, CachedDecoder], ids=["recompute", "kv_cache"])
+def decoder_cls(request: pytest.FixtureRequest) -> type[RecomputeDecoder]:
+    return request.param
 
 
-def test_greedy_equals_argmax_loop(model: torch.nn.Module) -> None:
+@pytest.fixture
+def decoder_for(decoder_cls: type[RecomputeDecoder]) -> MakeDecoder:
+    """Build the parametrised decoder (recompute or KV cache) over a model."""
+    return lambda model: decoder_cls(model, ProcessGroups.single().tp, VOCAB)
+
+
+def test_greedy_equals_argmax_loop(model: torch.nn.Module, decoder_for: MakeDecoder) -> None:
     prompt = [3, 7, 1, 12]
     limits = GenerationLimits(maximum_tokens=6, seq_length=32)
     [(ids, stopped)] = generate_tokens(decoder_for(model), [prompt], limits, SamplingParams())
@@ -52,7 +62,8 @@ def test_greedy_equals_argmax_loop(model: torch.nn.Module) -> None:
     assert not stopped
 
 
-def test_batched_prompts_of_different_lengths_equal_each_alone(model: torch.nn.Module) -> None:
+def test_batched_prompts_of_different_lengths_equal_each_alone(model: torch.nn.Module,
+                                                               decoder_for: MakeDecoder) -> None:
     prompts = [[5], [2, 9, 4, 4, 8, 1, 30], [11, 3, 3]]
     limits = GenerationLimits(maximum_tokens=5, seq_length=32)
     together = generate_tokens(decoder_for(model), prompts, limits, SamplingParams())
@@ -60,7 +71,7 @@ def test_batched_prompts_of_different_lengths_equal_each_alone(model: torch.nn.M
         assert ids == argmax_loop(model, prompt, 5)
 
 
-def test_generation_stops_at_seq_length(model: torch.nn.Module) -> None:
+def test_generation_stops_at_seq_length(model: torch.nn.Module, decoder_for: MakeDecoder) -> None:
     limits = GenerationLimits(maximum_tokens=50, seq_length=10)
     [(a, _), (b, _)] = generate_tokens(decoder_for(model), [[1, 2, 3], [4] * 8], limits,
                                        SamplingParams())
@@ -68,7 +79,8 @@ def test_generation_stops_at_seq_length(model: torch.nn.Module) -> None:
     assert a == argmax_loop(model, [1, 2, 3], 7)
 
 
-def test_stop_token_ends_a_row_and_is_not_returned(model: torch.nn.Module) -> None:
+def test_stop_token_ends_a_row_and_is_not_returned(model: torch.nn.Module,
+                                                   decoder_for: MakeDecoder) -> None:
     prompt = [3, 7, 1, 12]
     free = argmax_loop(model, prompt, 8)
     stop = free[3]
@@ -83,7 +95,8 @@ def test_stop_token_ends_a_row_and_is_not_returned(model: torch.nn.Module) -> No
     assert other == expected_other
 
 
-def test_padded_vocabulary_rows_are_never_sampled(model: torch.nn.Module) -> None:
+def test_padded_vocabulary_rows_are_never_sampled(model: torch.nn.Module,
+                                                  decoder_for: MakeDecoder) -> None:
     gen = torch.Generator().manual_seed(0)
     limits = GenerationLimits(maximum_tokens=20, seq_length=32)
     outs = generate_tokens(decoder_for(model), [[1]] * 8, limits,
@@ -91,7 +104,7 @@ def test_padded_vocabulary_rows_are_never_sampled(model: torch.nn.Module) -> Non
     assert all(0 <= t < VOCAB for ids, _ in outs for t in ids)
 
 
-def test_text_generator_results(model: torch.nn.Module) -> None:
+def test_text_generator_results(model: torch.nn.Module, decoder_for: MakeDecoder) -> None:
     tok = TinyCharTokenizer()
     gen = TextGenerator(decoder_for(model), tok, GenerationLimits(4, 16), SamplingParams(),
                         batch_size=2)
@@ -110,7 +123,8 @@ def test_text_generator_results(model: torch.nn.Module) -> None:
                            "duration_seconds"}
 
 
-def test_prompt_as_long_as_the_sequence_is_rejected(model: torch.nn.Module) -> None:
+def test_prompt_as_long_as_the_sequence_is_rejected(model: torch.nn.Module,
+                                                    decoder_for: MakeDecoder) -> None:
     with pytest.raises(InferenceError, match="seq_length"):
         generate_tokens(decoder_for(model), [[1] * 32], GenerationLimits(4, 32),
                         SamplingParams())

@@ -200,3 +200,18 @@ def test_deepspeed_engines_write_what_we_merge_and_load_what_we_write(tmp_path: 
     from tests.distributed import run_distributed
 
     run_distributed(check_deepspeed_engines, 2, 280.0, str(tmp_path))
+
+
+def test_engine_file_with_numpy_client_state_still_loads(tmp_path: Path) -> None:
+    import numpy as np
+
+    full = random_full(MHA)
+    folder = tmp_path / "global_step2"
+    folder.mkdir()
+    # What the training loop adds as client state: the NumPy RNG state (not weights-only).
+    torch.save({"module": full, "rng_state": {"numpy": np.random.RandomState(0).get_state()}},
+               folder / "mp_rank_00_model_states.pt")
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
+        torch.load(folder / "mp_rank_00_model_states.pt", weights_only=True)
+    merged = load_full_state_dict(folder, MHA)
+    assert all(torch.equal(merged[k], full[k]) for k in full)

@@ -7,6 +7,8 @@ while running only the new positions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -19,7 +21,9 @@ from megatron.model.kv_cache import (
     left_padded_batch,
 )
 from megatron.model.positional import POSITIONAL
-from megatron.parallel import ProcessGroups
+from megatron.parallel import ParallelLayout, ProcessGroups
+from megatron.parallel.mappings import gather_along
+from tests.distributed import run_distributed
 from tests.model.conftest import tiny_spec
 
 TOL = {"atol": 1e-5, "rtol": 0.0}
@@ -70,16 +74,20 @@ def greedy_recompute(model: torch.nn.Module, prompt: torch.Tensor,
 
 @torch.no_grad()
 def greedy_cached(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
-                  steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt once, then one token per call; returns (new tokens, their logits)."""
+                  steps: int, full_vocab: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt once, then one token per call; returns (new tokens, their logits).
+
+    ``full_vocab`` gathers a tensor-parallel rank's vocabulary block before the argmax.
+    """
     cache = KVCache.allocate(model, tokens.shape[0], tokens.shape[1] + steps - 1)
-    last = model((tokens, positions), cache=cache)[:, -1]
+    last = full_vocab(model((tokens, positions), cache=cache)[:, -1])
     new, step_logits = [], []
     for step in range(steps):
         step_logits.append(last)
         new.append(last.argmax(-1, keepdim=True))
         if step + 1 < steps:  # the last token needs no forward pass
-            last = model((new[-1], cache.next_position_ids()), cache=cache)[:, -1]
+            last = full_vocab(model((new[-1], cache.next_position_ids()), cache=cache)[:, -1])
     return torch.cat(new, dim=1), torch.stack(step_logits, dim=1)
 
 
@@ -211,3 +219,26 @@ def test_every_positional_encoding_has_a_cached_form() -> None:
     input_stage = [k for k in POSITIONAL.keys() if POSITIONAL.get(k).stage == "input"]
     assert EMBED_AT.keys() == sorted(input_stage)
 
+
+
+def check_tp2_cached_generation_equals_tp1(rank: int, world_size: int) -> None:
+    groups = ProcessGroups.build(ParallelLayout(tp=2, pp=1, dp=1, rank=rank))
+    tokens, positions = left_padded_batch([[5, 9, 2], [1, 33, 8, 60, 4, 17, 3]], pad_id=0)
+    for name in ("gqa", "local_window", "rpe"):
+        dense_tokens, dense_logits = greedy_cached(make_model(CONFIGS[name]), tokens,
+                                                   positions, 5)
+        model, _ = build_model(tiny_spec(**BASE, **CONFIGS[name]), groups,
+                               pipe_parallel_size=0, seed=7)
+        cache = KVCache.allocate(model.eval(), 2, 4)
+        assert cache.keys[0].shape[2] == model.sequential[2].attention.kv_heads == \
+            tiny_spec(**CONFIGS[name]).kv_heads // 2, "each rank caches only its kv heads"
+        got_tokens, got_logits = greedy_cached(model, tokens, positions, 5,
+                                               lambda x: gather_along(x, -1, groups.tp))
+        assert torch.equal(got_tokens, dense_tokens), name
+        torch.testing.assert_close(got_logits, dense_logits, **TOL, msg=name)
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(120)
+def test_tp2_cached_generation_equals_tp1() -> None:
+    run_distributed(check_tp2_cached_generation_equals_tp1, 2, 100.0)

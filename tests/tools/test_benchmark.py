@@ -23,27 +23,30 @@ def test_alternation_starts_each_side_first_equally_often() -> None:
 
 
 def test_merge_pools_steps_and_keeps_largest_rss() -> None:
-    a = benchmark.Measurement("ours", [1.0, 3.0], [0.1, 0.1], 100.0, 5.0)
-    b = benchmark.Measurement("ours", [2.0], [0.4], 250.0, 7.0)
+    a = benchmark.Measurement("ours", [1.0, 3.0], [0.1, 0.1], 100.0, 5.0, [2.0, 6.0])
+    b = benchmark.Measurement("ours", [2.0], [0.4], 250.0, 7.0, [3.0])
     pooled = benchmark.merge([a, b])
     assert pooled.step_s == [1.0, 3.0, 2.0]
     assert pooled.median_step_s == 2.0
     assert pooled.peak_rss_mb == 250.0
     assert pooled.setup_s == 6.0
+    assert pooled.median_cpu_s == 3.0
     assert pooled.data_fraction == pytest.approx(0.6 / 6.0)
 
 
 def test_row_and_ratio_table() -> None:
-    m = benchmark.Measurement("hf", [2.0, 4.0, 3.0], [0.0, 0.3, 0.0], 800.0, 1.0)
+    m = benchmark.Measurement("hf", [2.0, 4.0, 3.0], [0.0, 0.3, 0.0], 800.0, 1.0,
+                              [4.0, 8.0, 8.0])
     r = benchmark.row("19M", "fp32", m, tokens=4096, flops=9e11, peak=1e12)
     assert r["tokens_per_s"] == pytest.approx(4096 / 3.0)
     assert r["mfu"] == pytest.approx(0.3)
+    assert r["tokens_per_cpu_s"] == pytest.approx(4096 / 8.0)
     assert r["data_wait"] == pytest.approx(0.3 / 9.0)
     ratio = {"config": "19M", "precision": "fp32", "side": "ours/hf", "tokens_per_s": 1.5,
-             "peak_rss_mb": 0.5, "peak_tflops": 0.1}
+             "tokens_per_cpu_s": 1.25, "peak_rss_mb": 0.5, "peak_tflops": 0.1}
     text = benchmark.format_table([r, ratio])
-    assert "1365" in text and "30.0%" in text
-    assert "1.50x" in text and "0.50x" in text and "100.0 GFLOP/s" in text
+    assert "1365" in text and "30.0%" in text and " 512 " in text
+    assert "1.50x" in text and "1.25x" in text and "0.50x" in text and "100.0 GFLOP/s" in text
 
 
 def test_random_batches_are_shifted_tokens() -> None:

@@ -1,0 +1,42 @@
+"""Global gradient norm and clipping for fp32 runs without ZeRO, pipeline included.
+
+DeepSpeed's own fp32 clipping (`deepspeed.runtime.utils.clip_grad_norm_`) counts a
+replicated parameter only on model-parallel rank 0 of the pipe x tensor group, so on a
+pipeline every later stage's norms, biases and unsharded weights are left out and the clip
+differs from one process. Here every parameter is counted exactly once: sharded ones on
+every tensor rank, replicated ones on tensor rank 0, and a tied weight only on the stage
+that owns it (DeepSpeed marks the other copies `ds_pipe_replicated`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from deepspeed.runtime.utils import is_model_parallel_parameter
+
+
+def _counted_here(param: torch.nn.Parameter, tp_rank: int) -> bool:
+    if param.grad is None or getattr(param, "ds_pipe_replicated", False):
+        return False
+    return tp_rank == 0 or is_model_parallel_parameter(param)
+
+
+def global_grad_norm(
+    params: Iterable[torch.nn.Parameter], tp_rank: int, model_group: object | None
+) -> torch.Tensor:
+    """L2 norm of all gradients of one model replica (summed over pipe x tensor ranks)."""
+    squares = [p.grad.detach().float().pow(2).sum() for p in params if _counted_here(p, tp_rank)]
+    total = torch.stack(squares).sum() if squares else torch.zeros(())
+    if model_group is not None and dist.is_initialized():
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=model_group)
+    return total.sqrt()
+
+
+def clip_grads_(params: Iterable[torch.nn.Parameter], max_norm: float, norm: torch.Tensor) -> None:
+    """Scale every gradient by min(1, max_norm / norm), in place."""
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for p in params:
+        if p.grad is not None:
+            p.grad.detach().mul_(coef.to(p.grad.device, p.grad.dtype))
