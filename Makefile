@@ -10,7 +10,8 @@ export PIP_CONSTRAINT := $(CURDIR)/requirements/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 REQS := requirements/requirements.txt requirements/requirements-dev.txt \
         requirements/requirements-tensorboard.txt requirements/requirements-wandb.txt \
-        requirements/requirements-eval.txt requirements/requirements-sentencepiece.txt
+        requirements/requirements-eval.txt requirements/requirements-sentencepiece.txt \
+        requirements/requirements-hf.txt
 
 .PHONY: setup data train test lint bench docs clean
 

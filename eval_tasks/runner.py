@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,43 @@ class EvalError(Exception):
     """An evaluation cannot run: unknown task, or task data missing offline."""
 
 
-def task_manager_for(tasks: list[str], include_path: str | None) -> Any:
+def resolve_tasks(tasks: list[str], include_path: str | None) -> tuple[list[str], list[str]]:
+    """Task names and task folders from ``eval_tasks`` entries.
+
+    An entry that is an existing task YAML file (``path/to/task.yaml``) names the task in
+    its ``task:`` line and adds its folder to the search path, so local tasks work from the
+    config alone; every other entry is a task name.
+
+    Raises:
+        EvalError: for a YAML file without a ``task:`` line, or a missing include folder.
+    """
+    folders = [include_path] if include_path else []
+    names = []
+    for entry in tasks:
+        path = Path(entry)
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            match = re.search(r"^task:\s*['\"]?([^'\"\s#]+)", path.read_text(), re.MULTILINE)
+            if match is None:
+                raise EvalError(f"eval_tasks entry {entry!r} is a YAML file without a "
+                                "'task: NAME' line")
+            names.append(match.group(1))
+            folders.append(str(path.parent))
+        else:
+            names.append(entry)
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise EvalError(f"eval_tasks_path = {folder!r} is not a folder of task YAMLs")
+    return names, list(dict.fromkeys(folders))
+
+
+def task_manager_for(tasks: list[str], include_path: list[str]) -> Any:
     """A ``TaskManager`` that knows ``tasks``.
 
     Indexing lm-eval's thousands of built-in task YAMLs takes tens of seconds, so when every
-    task is found in ``include_path`` alone the built-in index is skipped.
+    task is found in the ``include_path`` folders alone the built-in index is skipped.
     """
     from lm_eval.tasks import TaskManager
 
-    if include_path and not Path(include_path).is_dir():
-        raise EvalError(f"eval_tasks_path = {include_path!r} is not a folder of task YAMLs")
     if include_path:
         local = TaskManager(include_path=include_path, include_defaults=False)
         if set(tasks) <= set(local.all_tasks):
@@ -69,12 +97,17 @@ def _is_offline_error(err: BaseException) -> bool:
 def evaluate_tasks(adapter: LM, tasks: list[str], *, include_path: str | None = None,
                    limit: int | None = None, bootstrap_iters: int = 100000,
                    seed: int = 1234) -> dict[str, Any]:
-    """Score ``tasks`` with ``adapter``; returns lm-eval's results dict (JSON-able parts)."""
+    """Score ``tasks`` (names or task YAML paths) with ``adapter``.
+
+    Returns lm-eval's results dict (its JSON-able parts: results, versions, n-shot, configs,
+    n-samples).
+    """
     from lm_eval.evaluator import simple_evaluate
 
     if not tasks:
         raise EvalError("no eval_tasks given; name lm-eval tasks (e.g. lambada_openai)")
-    manager = task_manager_for(tasks, include_path)
+    tasks, folders = resolve_tasks(tasks, include_path)
+    manager = task_manager_for(tasks, folders)
     check_task_names(tasks, manager)
     try:
         out = simple_evaluate(model=adapter, tasks=list(tasks), task_manager=manager,

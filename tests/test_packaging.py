@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REQS = ROOT / "requirements"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][A-Za-z0-9.+!-]*)$")
 # The files `make setup` installs together; they must all be present in the test venv.
-MAKE_SETUP = ["", "dev", "tensorboard", "wandb", "eval", "sentencepiece"]
+MAKE_SETUP = ["", "dev", "tensorboard", "wandb", "eval", "sentencepiece", "hf"]
 # Extras whose file is installed specially and therefore has no pyproject extra.
 NO_EXTRA = {"mup": "--no-deps"}
 
@@ -59,8 +59,8 @@ def test_requirement_files_exist_as_the_makefile_expects() -> None:
         assert (REQS / name).is_file()
         assert f"requirements/{name}" in makefile
     assert set(_extras_on_disk()) == {
-        "", "bnb", "dev", "eval", "flashattention", "mup", "sentencepiece", "tensorboard",
-        "wandb",
+        "", "bnb", "dev", "eval", "flashattention", "hf", "mup", "sentencepiece",
+        "tensorboard", "wandb",
     }  # fmt: skip
 
 

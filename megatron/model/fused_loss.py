@@ -22,8 +22,8 @@ import torch.distributed as dist
 
 from megatron.parallel.groups import Group
 
-DEFAULT_CHUNK_TOKENS = 512
-"""Tokens per chunk: 512 x 50k fp32 logits is ~100 MB, and the GEMMs stay large."""
+DEFAULT_CHUNK_TOKENS = 256
+"""Tokens per chunk: 256 x 50k fp32 logits is ~50 MB; 256 measured faster than 512 or 1024."""
 
 
 def _all_reduce(x: torch.Tensor, tp: Group, op: Any = None) -> None:

@@ -28,6 +28,7 @@ from megatron.model import ModelSpec, build_model
 from megatron.parallel import ParallelLayout, ProcessGroups
 from megatron.parallel.random import RNGTracker
 from megatron.tokenizer import build_tokenizer, padded_vocab_size
+from megatron.training.faults import Watchdog
 from megatron.training.grad_clip import clip_grads_, global_grad_norm
 from megatron.training.lr_schedules import AnnealingLR
 from megatron.training.nonfinite import NonFiniteGuard
@@ -80,6 +81,8 @@ def init_distributed(args: Any) -> None:
         deepspeed.init_distributed(
             dist_backend=args.distributed_backend, auto_mpi_discovery=True, timeout=timeout
         )
+        # Survivors of a lost node then log which rank they lost before they exit.
+        Watchdog.start()
 
 
 def build_groups(args: Any) -> ProcessGroups:

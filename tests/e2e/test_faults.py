@@ -9,7 +9,7 @@ import pytest
 
 from tests.e2e.launch import run_deepy, tiny_config
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_consecutive_nonfinite_steps_stop_with_checkpoint(char_corpus: str, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.launch import LAYOUTS, run_deepy, start_deepy, tiny_config, train_losses
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # Same layout, same fp32 arithmetic: a resumed run must match to the last bit we print.
 RESUME_TOLERANCE = 1e-6

@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.launch import LAYOUTS, train_losses
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # fp32 with a different reduction order (accumulation vs data parallel, split matmuls).
 LOSS_TOLERANCE = 1e-4

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from eval_tasks.eval_adapter import NeoXEvalAdapter
-from eval_tasks.runner import EvalError, check_task_names, evaluate_tasks, write_results
+from eval_tasks.runner import (
+    EvalError,
+    check_task_names,
+    evaluate_tasks,
+    resolve_tasks,
+    write_results,
+)
 from megatron.inference.decoder import RecomputeDecoder
 from megatron.parallel import ProcessGroups
 from tests.eval_tasks.conftest import CHOICE_DOCS
@@ -147,3 +153,13 @@ def test_missing_task_data_fails_with_offline_message(model: torch.nn.Module,
         "output_type: loglikelihood\ndoc_to_text: '{{a}}'\ndoc_to_target: '{{b}}'\n")
     with pytest.raises(EvalError, match="offline"):
         evaluate_tasks(adapter(model), ["ghost_task"], include_path=str(tmp_path))
+
+
+def test_task_yaml_paths_name_the_task_and_its_folder(task_dir: Path, tmp_path: Path) -> None:
+    names, folders = resolve_tasks([str(task_dir / "tiny_gen.yaml"), "lambada_openai"], None)
+    assert names == ["tiny_gen", "lambada_openai"] and folders == [str(task_dir)]
+    (tmp_path / "bad.yaml").write_text("dataset_path: json\n")
+    with pytest.raises(EvalError, match="bad.yaml"):
+        resolve_tasks([str(tmp_path / "bad.yaml")], None)
+    with pytest.raises(EvalError, match="not a folder"):
+        resolve_tasks(["x"], str(tmp_path / "nowhere"))

@@ -106,3 +106,11 @@ def test_command_line_files_override_the_config() -> None:
     assert (changed.sample_input_file, changed.sample_output_file) == ("in.txt", "o.jsonl")
     assert changed.text_gen_type == "input-file"
     assert with_extras(args, split_extras([])[0]) is args
+
+
+def test_text_generation_config_stacks_on_a_model_config() -> None:
+    config = Path(__file__).parents[2] / "configs" / "text_generation.yml"
+    args = NeoXArgs.from_ymls([TINY_YML, config])
+    assert (args.text_gen_type, args.maximum_tokens, args.temperature) == ("unconditional",
+                                                                           102, 1.0)
+    assert (args.top_k, args.top_p, args.recompute, args.num_samples) == (0, 0.0, False, 10)
