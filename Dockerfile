@@ -52,6 +52,7 @@ RUN DS_BUILD_FUSED_ADAM=1 DS_BUILD_FUSED_LAMB=1 DS_BUILD_CPU_ADAM=1 DS_BUILD_UTI
         -r requirements/requirements-eval.txt \
         -r requirements/requirements-sentencepiece.txt \
         -r requirements/requirements-bnb.txt \
+        -r requirements/requirements-hf.txt \
     && pip install --no-build-isolation -r requirements/requirements-flashattention.txt \
     && pip install --no-deps -r requirements/requirements-mup.txt
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megatron.model import build_model
-from megatron.model.fused_loss import fused_head_cross_entropy
+from megatron.model.fused_loss import fused_head_cross_entropy, native_bf16_gemm
 from megatron.parallel import ParallelLayout, ProcessGroups
 from megatron.parallel.cross_entropy import vocab_parallel_cross_entropy
 from tests.distributed import run_distributed
@@ -128,3 +128,22 @@ def check_tp2_fused(rank: int, world_size: int) -> None:
 @pytest.mark.timeout(120)
 def test_tp2_fused_matches_full() -> None:
     run_distributed(check_tp2_fused, world_size=2)
+
+
+def test_bf16_weights_keep_their_dtype_and_stay_close() -> None:
+    """DeepSpeed's bf16 mode: bf16 weights and activations, no autocast."""
+    x, w, labels, mask = _inputs(5)
+    xb = x.bfloat16().requires_grad_()
+    wb = w.bfloat16().requires_grad_()
+    out = fused_head_cross_entropy(xb, wb, labels, mask, ProcessGroups.single().tp, 8)
+    out.backward()
+    assert xb.grad.dtype == wb.grad.dtype == torch.bfloat16
+    x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    _reference(x1, w1, labels, mask).backward()
+    torch.testing.assert_close(out, _reference(x, w, labels, mask), atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(wb.grad.float(), w1.grad, atol=1e-2, rtol=5e-2)
+    torch.testing.assert_close(xb.grad.float(), x1.grad, atol=1e-2, rtol=5e-2)
+
+
+def test_gpus_count_as_native_bf16() -> None:
+    assert native_bf16_gemm(torch.device("cuda"))

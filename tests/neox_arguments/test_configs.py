@@ -12,9 +12,9 @@ from .conftest import ONE_CPU
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
-MODEL_CONFIGS = sorted(
-    p for p in CONFIGS.rglob("*.yml") if p.name not in ("local_setup.yml", "train.yml")
-)
+# Overlays add settings to a model config and never load on their own.
+OVERLAYS = ("local_setup.yml", "train.yml", "text_generation.yml")
+MODEL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yml") if p.name not in OVERLAYS)
 EIGHT_GPUS = Resources(1, 8, True)
 
 
@@ -105,6 +105,14 @@ def test_legacy_llama_mlp_type_is_translated():
     # LLaMA's width int(2 * 4 * 4096 / 3) = 10922 -> 11008 is what 8h with multiple 256 gives.
     assert (args.activation, args.intermediate_size, args.mlp_multiple_of) == (
         "swiglu", 32768, 256)
+
+
+def test_text_generation_overlay_stacks_after_a_model():
+    args = _load("125M.yml", "local_setup.yml", "text_generation.yml")
+    assert (args.text_gen_type, args.maximum_tokens, args.num_samples) == (
+        "unconditional", 102, 10)
+    assert (args.temperature, args.top_p, args.top_k, args.recompute) == (1.0, 0.0, 0, False)
+    assert args.sample_input_file == "sample_input.txt" and args.prompt_end == "\n"
 
 
 def test_cpu_warns_for_gpu_configs(caplog):
