@@ -23,8 +23,9 @@ from megatron.neox_arguments.support import (
 
 def load(argv: list[str] | None) -> tuple[str, NeoXArgs]:
     """Parse deepy's command line and build the validated config (raises ConfigError)."""
-    user_script, paths = NeoXArgs.consume_deepy_args(argv)
-    args = NeoXArgs.from_ymls(paths)  # detects nodes and devices from the runner keys
+    user_script, paths, overrides = NeoXArgs.consume_deepy_launch(argv)
+    # Resources are detected from the runner keys (hostfile, include, num_gpus, ...).
+    args = NeoXArgs.from_ymls(paths, overwrite_values=overrides or None)
     missing = [f"missing file: {path}" for path in missing_paths(args)]
     problems = [*unsupported_features(args), *missing]
     if problems:

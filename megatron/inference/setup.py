@@ -56,11 +56,26 @@ class InferenceModel:
         """A ``TextGenerator`` with the config's sampling keys and a shared seed."""
         a = self.args
         params = SamplingParams(float(a.temperature), int(a.top_k), float(a.top_p))
+        stop_tokens = stop_tokens or stop_token_ids(self.tokenizer, a.stop_tokens)
         limits = GenerationLimits(int(a.maximum_tokens), self.spec.seq_length, stop_tokens)
         gen = torch.Generator().manual_seed(int(a.seed))  # identical on every TP rank
         size = batch_size or int(getattr(a, "train_micro_batch_size_per_gpu", None) or 1)
         return TextGenerator(self.decoder(), self.tokenizer, limits, params, size, gen,
                              tp_sync(self.groups.tp))
+
+
+def stop_token_ids(tokenizer: Any, stop_tokens: list[str] | None) -> frozenset[int]:
+    """Token ids of the config's `stop_tokens`; each string must be exactly one token."""
+    ids = set()
+    for text in stop_tokens or []:
+        tokens = tokenizer.tokenize(text)
+        if len(tokens) != 1:
+            raise InferenceError(
+                f"stop_tokens entry {text!r} is {len(tokens)} tokens with this tokenizer "
+                f"({tokens}); each stop token must be exactly one token"
+            )
+        ids.add(tokens[0])
+    return frozenset(ids)
 
 
 def tp_sync(tp: Group) -> TokenSync | None:

@@ -140,10 +140,30 @@ class NeoXArgs(RunnerArgs, DeepSpeedArgs, ModelArgs, ParallelArgs, OptimizerArgs
     @staticmethod
     def consume_deepy_args(argv: list[str] | None = None) -> tuple[str, list[str]]:
         """Parse `deepy.py USER_SCRIPT [-d DIR] CONF [CONF ...]` into (script, config paths)."""
+        user_script, paths, _ = NeoXArgs.consume_deepy_launch(argv)
+        return user_script, paths
+
+    @staticmethod
+    def consume_deepy_launch(
+        argv: list[str] | None = None,
+    ) -> tuple[str, list[str], dict[str, Any]]:
+        """Like `consume_deepy_args`, plus the command-line overrides GPT-NeoX's deepy takes.
+
+        `-i/--sample_input_file`, `-o/--sample_output_file`, `--eval_tasks TASK...`,
+        `--wandb_group`, `--wandb_team` override the config files' values.
+        """
         parser = _ArgParser(prog="deepy.py", description="Launch training from config files.")
         parser.add_argument("user_script", help="worker script, e.g. train.py")
         parser.add_argument("-d", "--conf_dir", default=None, help="folder holding the configs")
         parser.add_argument("conf_file", nargs="+", help="config files, merged in order")
+        parser.add_argument("-i", "--sample_input_file", default=None)
+        parser.add_argument("-o", "--sample_output_file", default=None)
+        parser.add_argument("--eval_tasks", nargs="+", default=None)
+        parser.add_argument("--wandb_group", default=None)
+        parser.add_argument("--wandb_team", default=None)
         known = parser.parse_args(sys.argv[1:] if argv is None else argv)
-        return known.user_script, [resolve_config_path(c, known.conf_dir)
-                                   for c in known.conf_file]
+        names = ("sample_input_file", "sample_output_file", "eval_tasks", "wandb_group",
+                 "wandb_team")
+        overrides = {n: getattr(known, n) for n in names if getattr(known, n) is not None}
+        paths = [resolve_config_path(c, known.conf_dir) for c in known.conf_file]
+        return known.user_script, paths, overrides

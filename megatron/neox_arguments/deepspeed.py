@@ -115,3 +115,6 @@ class DeepSpeedArgs:
 
     deepspeed_extra_args: dict[str, Any] | None = field(default=None, metadata=_NEOX_ONLY)
     """Extra keys merged on top of the DeepSpeed dict, for DeepSpeed options without a key here."""
+
+    load_universal: bool = field(default=False, metadata=_NEOX_ONLY)
+    """The checkpoint under `load` is a DeepSpeed universal checkpoint (any parallel layout)."""

@@ -133,20 +133,30 @@ def expand_attention_config(config: Any, num_layers: int) -> list[str] | None:
     return layers
 
 
-def derive_legacy_mlp(values: Values) -> None:
-    """Older GPT-NeoX configs ask for LLaMA's MLP with `mlp_type: llama` (and silu).
+# The gated activation that older GPT-NeoX's LLaMA MLP computes for each `activation`.
+LEGACY_GATES = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "relu": "reglu"}
 
-    Its width, int(2 * 4h / 3) rounded up to 256, is what today's keys give with swiglu,
-    intermediate_size 8h and mlp_multiple_of 256.
+
+def derive_legacy_mlp(values: Values) -> None:
+    """Older GPT-NeoX configs ask for LLaMA's MLP with `mlp_type: llama`.
+
+    That MLP gates with `activation` (silu in every published config, so swiglu). Its width
+    is `intermediate_size` as given (Mistral: 14336), else int(2 * 4h / 3) rounded up to 256.
+    Today's keys size a gated MLP as int(2 * intermediate_size / 3) / 2 rounded up to
+    `mlp_multiple_of`, so the same widths come from 3 * width with multiple 1, and from 8h
+    with multiple 256.
     """
     if values.get("mlp_type") != "llama":
         return
-    if values.get("activation", "gelu") in ("silu", "swish", "gelu"):
-        values["activation"] = "swiglu"
-    hidden = values.get("hidden_size")
-    if hidden and values.get("intermediate_size") is None and not values.get("expansion_factor"):
+    activation = values.get("activation", "gelu")
+    values["activation"] = LEGACY_GATES.get(activation, activation)
+    hidden, width = values.get("hidden_size"), values.get("intermediate_size")
+    if width is not None:
+        values["intermediate_size"] = 3 * width
+        values.setdefault("mlp_multiple_of", 1)
+    elif hidden and not values.get("expansion_factor"):
         values["intermediate_size"] = 8 * hidden
-    values.setdefault("mlp_multiple_of", 256)
+        values.setdefault("mlp_multiple_of", 256)
     values["mlp_type"] = "regular"
 
 

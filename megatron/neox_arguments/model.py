@@ -177,7 +177,7 @@ class ModelArgs:
     """Give the MLP projections biases."""
 
     mlp_type: Literal["regular", "llama"] = "regular"
-    """Older GPT-NeoX MLP switch; 'llama' derives activation swiglu, width 8h, multiple 256."""
+    """Older GPT-NeoX MLP switch; 'llama' derives today's gated activation and width keys."""
 
     use_flashattn_swiglu: bool = False
     """Use flash-attn's fused SwiGLU kernel (speed only)."""

@@ -57,6 +57,7 @@ UNSUPPORTED: list[Unsupported] = [
                 "layer weight sharing"),
     Unsupported("opt_pos_emb_offset", lambda v, a: v != 0, "OPT position offset"),
     Unsupported("soft_prompt_tuning", _enabled, "soft prompt tuning"),
+    Unsupported("load_universal", _truthy, "loading DeepSpeed universal checkpoints"),
 ]
 
 # Speed-only switches: we run the same math with plain PyTorch ops instead.

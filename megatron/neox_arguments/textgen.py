@@ -51,3 +51,9 @@ class TextGenArgs:
 
     eval_tasks: list[str] | None = None
     """lm-eval tasks to run."""
+
+    eval_tasks_path: str | None = None
+    """Ours: a folder of local lm-eval task YAMLs searched before the harness's registry."""
+
+    stop_tokens: list[str] | None = None
+    """Strings that end a generated sample, besides the end-of-document token."""

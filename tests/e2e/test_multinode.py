@@ -28,6 +28,18 @@ from tests.e2e.multinode_launch import (
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
+
+@pytest.fixture(autouse=True)
+def private_extension_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep DeepSpeed's JIT-built shm comm op where other environments cannot invalidate it.
+
+    Every CPU process group loads that op; in the shared ~/.cache/torch_extensions another
+    PATH or compiler rebuilds it (minutes on a busy machine) under our running launches.
+    """
+    if "TORCH_EXTENSIONS_DIR" not in os.environ:
+        cache = Path.home() / ".cache" / "neox-trainer" / "torch_extensions"
+        monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache))
+
 TRAIN_ITERS = 6
 
 
@@ -79,7 +91,7 @@ def test_losing_a_node_stops_the_other_in_bounded_time_naming_the_rank(
     char_corpus: str, tmp_path: Path
 ) -> None:
     base = tiny_config(
-        char_corpus, tmp_path, train_iters=100_000, checkpoint_factor=5, eval_interval=100_000,
+        char_corpus, tmp_path, train_iters=2000, checkpoint_factor=5, eval_interval=100_000,
         eval_iters=0, distributed_timeout_minutes=0.5,
     )
     procs = start_nodes(node_configs(base, tmp_path), tmp_path)

@@ -6,10 +6,8 @@ its GPT-NeoX config by ``engine.build_run`` (process groups, model, optimizer, L
 ``deepspeed.initialize``), as TP=2 or DP=2, and takes 20 optimizer steps on a synthetic
 corpus with a learnable rule. Its loss must fall.
 
-The corpus: each sample is an arithmetic progression ``t_i = (a + i * b) mod 64`` with a
-random start ``a`` and stride ``b`` in {1, 2, 3}. Uniform guessing costs ln 64 = 4.16 nats;
-a model that learns "next = this + stride" (the stride is visible from the previous two
-tokens) approaches 0, and one that learns only "next = this + 1, 2 or 3" reaches ln 3.
+The corpus (``sweep_data``): arithmetic progressions mod 64 with strides 1 to 3; uniform
+guessing costs ln 64 = 4.16 nats and the rule can be learned down to near 0.
 """
 
 from __future__ import annotations
@@ -26,32 +24,15 @@ import torch
 from megatron.model.norms import NORMS
 from tests.distributed import run_distributed
 from tests.e2e import sweep_models as sweep
+from tests.e2e.sweep_data import rank_batches
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
-STRIDES = (1, 2, 3)
-FALL_NATS = 0.5
-"""Required drop of the mean loss from the first 5 steps to the last 5 (from about 4.2)."""
+FALL_NATS = 0.3
+"""Required drop of the mean loss from the first 5 steps to the last 5 (from about 4.2).
+A model that does not learn drifts by under 0.05; the slowest learners (sinusoidal) drop
+about 0.5, the others 1.4 to 3."""
 _TIMEOUT_S = 300
-
-
-def sample_batch(step: int, rows: int) -> torch.Tensor:
-    """``[rows, SEQ + 1]`` progressions for global step ``step`` (the same on every rank)."""
-    gen = torch.Generator().manual_seed(1000 + step)
-    start = torch.randint(0, sweep.VOCAB, (rows, 1), generator=gen)
-    stride = torch.tensor(STRIDES)[torch.randint(0, len(STRIDES), (rows, 1), generator=gen)]
-    return (start + stride * torch.arange(sweep.SEQ + 1)) % sweep.VOCAB
-
-
-def rank_batches(dp_rank: int, dp_size: int, micro: int):
-    """This data-parallel rank's micro-batches, ``((tokens, positions), (labels, mask))``."""
-    step = 0
-    while True:
-        rows = sample_batch(step, micro * dp_size)[dp_rank * micro:(dp_rank + 1) * micro]
-        tokens, labels = rows[:, :-1], rows[:, 1:]
-        positions = torch.arange(sweep.SEQ).expand(micro, -1)
-        yield (tokens, positions), (labels, torch.ones(labels.shape, dtype=torch.float32))
-        step += 1
 
 
 def _built(run: Any) -> dict[str, Any]:
@@ -65,7 +46,7 @@ def _built(run: Any) -> dict[str, Any]:
             "attention_config": list(run.spec.attention_config),
             "norm_class": type(block.input_layernorm).__name__,
             "kernel": kernels[block.attention.kernel], "window": block.attention.window,
-            "tp": run.groups.tp.size, "dp": run.groups.dp.size,
+            "lr": run.engine.get_lr()[0], "tp": run.groups.tp.size, "dp": run.groups.dp.size,
             "has_final_linear": hasattr(run.engine.module.sequential[-1], "final_linear")}
 
 
@@ -86,7 +67,7 @@ def train_all(rank: int, world_size: int, out_path: str) -> None:
         args = NeoXArgs.from_dict(sweep.to_config(chosen), resources=resources)
         run = build_run(args)
         data = rank_batches(run.groups.dp.rank, run.groups.dp.size,
-                            args.train_micro_batch_size_per_gpu)
+                            args.train_micro_batch_size_per_gpu, sweep.SEQ, sweep.VOCAB)
         losses = [train_step(run, data).loss for _ in range(sweep.STEPS)]
         results.append({"chosen": chosen, "losses": losses, **_built(run),
                         "seconds": time.monotonic() - begin})

@@ -107,6 +107,29 @@ def test_legacy_llama_mlp_type_is_translated():
         "swiglu", 32768, 256)
 
 
+LEGACY_MODEL = {"num_layers": 2, "hidden_size": 4096, "num_attention_heads": 32,
+                "seq_length": 8, "max_position_embeddings": 8,
+                "train_micro_batch_size_per_gpu": 1, "mlp_type": "llama"}
+
+
+def test_legacy_llama_mlp_keeps_an_explicit_width():
+    # Mistral's config: the old LLaMA MLP used intermediate_size 14336 as its gated width;
+    # today's rule int(2 * 43008 / 3) // 2 = 14336 with multiple 1 gives the same layers.
+    args = NeoXArgs.from_dict({**LEGACY_MODEL, "activation": "silu", "intermediate_size": 14336},
+                              resources=ONE_CPU)
+    assert (args.activation, args.intermediate_size, args.mlp_multiple_of) == (
+        "swiglu", 43008, 1)
+    assert args.mlp_type == "regular"
+
+
+@pytest.mark.parametrize("given,gated", [({}, "geglu"), ({"activation": "gelu"}, "geglu"),
+                                         ({"activation": "swish"}, "swiglu"),
+                                         ({"activation": "relu"}, "reglu")])
+def test_legacy_llama_mlp_gates_with_the_given_activation(given, gated):
+    args = NeoXArgs.from_dict({**LEGACY_MODEL, **given}, resources=ONE_CPU)
+    assert args.activation == gated
+
+
 def test_text_generation_overlay_stacks_after_a_model():
     args = _load("125M.yml", "local_setup.yml", "text_generation.yml")
     assert (args.text_gen_type, args.maximum_tokens, args.num_samples) == (

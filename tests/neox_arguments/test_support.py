@@ -75,6 +75,7 @@ def test_requested_iteration_must_exist(tmp_path: Path):
     ({"lr_decay_style": "infinite_cosine"}, "lr_decay_style"),
     ({"dataset_impl": "pairwise"}, "dataset_impl"),
     ({"soft_prompt_tuning": {"enabled": True, "num_tokens": 10}}, "soft_prompt_tuning"),
+    ({"load_universal": True}, "load_universal"),
 ])
 def test_unsupported_more(extra, key):
     (message,) = unsupported(_args(**extra))
