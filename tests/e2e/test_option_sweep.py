@@ -24,7 +24,7 @@ import torch
 from megatron.model.norms import NORMS
 from tests.distributed import run_distributed
 from tests.e2e import sweep_models as sweep
-from tests.e2e.sweep_data import rank_batches
+from tests.e2e.sweep_data import STRIDES, rank_batches, sample_batch
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -95,6 +95,24 @@ def _print_table(results: list[dict[str, Any]]) -> None:
               f"{sum(losses[-5:]) / 5:.3f} ({r['seconds']:.1f} s)")
 
 
+def test_corpus_rows_are_progressions_with_a_small_stride() -> None:
+    rows = sample_batch(step=3, rows=64, seq=8, vocab=64)
+    assert rows.shape == (64, 9)
+    steps = (rows[:, 1:] - rows[:, :-1]) % 64  # [64, 8]
+    assert (steps == steps[:, :1]).all()  # one stride per row
+    assert set(steps[:, 0].tolist()) == set(STRIDES)
+    assert len(set(rows[:, 0].tolist())) > 20  # starts spread over the vocabulary
+
+
+def test_data_parallel_ranks_split_the_global_batch() -> None:
+    (whole, pos), (labels, mask) = next(rank_batches(0, 1, 8, 8, 64))
+    halves = [next(rank_batches(r, 2, 4, 8, 64)) for r in range(2)]
+    assert torch.equal(torch.cat([h[0][0] for h in halves]), whole)
+    assert torch.equal(torch.cat([h[1][0] for h in halves]), labels)
+    assert torch.equal(labels[:, :-1], whole[:, 1:])  # labels are the next tokens
+    assert pos[0].tolist() == list(range(8)) and mask.sum() == 8 * 8
+
+
 def test_every_registry_value_is_in_some_model() -> None:
     table = sweep.coverage(sweep.models())
     for option, values in sweep.expected_values().items():
@@ -131,6 +149,7 @@ def test_built_models_use_the_swept_options(sweep_results: list[dict[str, Any]])
     for r in sweep_results:
         c, spec = r["chosen"], r["spec"]
         assert (r["tp"], r["dp"]) == ((2, 1) if c["layout"] == "tp2" else (1, 2))
+        assert r["lr"] == sweep.BASE["optimizer"]["params"]["lr"]  # constant schedule
         assert (spec["pos_emb"], spec["norm"], spec["activation"]) == (
             c["pos_emb"], c["norm"], c["activation"])
         assert (spec["init_method"], spec["output_layer_init_method"]) == (
