@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_CONSTRAINT := $(CURDIR)/requirements/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# DeepSpeed's JIT-built CPU ops (a shared-memory comm op) are cached here, built once.
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/neox-trainer/torch_extensions
 REQS := requirements/requirements.txt requirements/requirements-dev.txt \
         requirements/requirements-tensorboard.txt requirements/requirements-wandb.txt \
         requirements/requirements-eval.txt requirements/requirements-sentencepiece.txt \

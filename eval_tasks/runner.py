@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from lm_eval.api.model import LM
 
 LOG = logging.getLogger(__name__)
@@ -140,18 +141,63 @@ def write_results(results: dict[str, Any], prefix: str) -> Path:
     return path
 
 
-def run_from_args(args: Any) -> dict[str, Any]:
-    """evaluate.py's worker: load the model, score ``eval_tasks``, rank 0 writes the JSON."""
+def score_decoder(decoder: Any, tokenizer: Any, tp: Any, dp: Any, args: Any) -> dict[str, Any]:
+    """Score ``eval_tasks`` through ``decoder`` (the ``TaskRunner`` that training uses).
+
+    Args:
+        decoder: the model's step interface (``megatron.inference.Decoder``).
+        tokenizer: ``tokenize``, ``detokenize``, ``eod``.
+        tp: the model's tensor-parallel group; its ranks share sampled tokens.
+        dp: the group whose replicas share the requests.
+        args: ``eval_tasks``, ``eval_tasks_path``, ``eval_task_limit``, ``seed``,
+            ``seq_length``, ``train_micro_batch_size_per_gpu``.
+    """
     from eval_tasks.eval_adapter import NeoXEvalAdapter
+    from megatron.inference.setup import tp_sync
+
+    batch = int(getattr(args, "train_micro_batch_size_per_gpu", None) or 1)
+    adapter = NeoXEvalAdapter(decoder, tokenizer, max_length=int(args.seq_length),
+                              batch_size=batch, dp=dp,
+                              generator=torch.Generator().manual_seed(int(args.seed)),
+                              sync=tp_sync(tp))
+    return evaluate_tasks(adapter, list(getattr(args, "eval_tasks", None) or []),
+                          include_path=getattr(args, "eval_tasks_path", None),
+                          limit=getattr(args, "eval_task_limit", None), seed=int(args.seed))
+
+
+def loaded_iteration(args: Any) -> int:
+    """The iteration of the checkpoint evaluate.py scores (0 without one)."""
+    from megatron.training.checkpointing import find_loadable_tag, iteration_of
+
+    tag = find_loadable_tag(args.load, getattr(args, "iteration", None)) if args.load else None
+    return (iteration_of(tag) or 0) if tag else 0
+
+
+def log_results(results: dict[str, Any], args: Any, iteration: int) -> dict[str, float]:
+    """Send the task metrics to the run's sinks (TensorBoard, W&B, metrics.jsonl, console).
+
+    Names are ``eval/<task>/<metric>`` at the checkpoint's iteration, as during training.
+    """
+    from megatron.training.eval_harness import task_metrics
+    from megatron.training.metrics import MetricsLogger
+
+    values = task_metrics(results)
+    metrics = MetricsLogger.from_args(args, rank=0, all_config=getattr(args, "all_config", None))
+    try:
+        metrics.log(iteration, values)
+    finally:
+        metrics.close()
+    return values
+
+
+def run_from_args(args: Any) -> dict[str, Any]:
+    """evaluate.py's worker: load the model, score ``eval_tasks``; rank 0 writes the JSON
+    and logs the metrics to the configured sinks."""
     from megatron.inference import start_inference
 
     im = start_inference(args)
-    batch = int(getattr(args, "train_micro_batch_size_per_gpu", None) or 1)
-    adapter = NeoXEvalAdapter.from_inference_model(im, batch_size=batch)
-    results = evaluate_tasks(adapter, list(getattr(args, "eval_tasks", None) or []),
-                             include_path=getattr(args, "eval_tasks_path", None),
-                             limit=getattr(args, "eval_task_limit", None),
-                             seed=int(args.seed))
+    results = score_decoder(im.decoder(), im.tokenizer, im.groups.tp, im.groups.dp, args)
     if im.is_rank0:
         write_results(results, getattr(args, "eval_results_prefix", "") or "")
+        log_results(results, args, loaded_iteration(args))
     return results

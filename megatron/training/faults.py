@@ -182,6 +182,7 @@ class Watchdog:
         quiet: dict[int, float] = {}
         while time.monotonic() < deadline and not self.hb.store_lost:
             try:
+                self.hb.beat()  # also probes the store: its host may be the one lost
                 quiet = self.hb.quiet_ranks(self.stale_after)
             except Exception:  # the store went away while we waited
                 self.hb.store_lost = True

@@ -10,7 +10,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,8 +99,13 @@ def train(
     data: Iterator[tuple],
     valid_data: Iterator[tuple] | None,
     metrics: Any,
+    tasks: Callable[[Any, int, Any], Any] | None = None,
 ) -> TrainState:
-    """Train from `state.iteration` to `train_iters`; returns the final state."""
+    """Train from `state.iteration` to `train_iters`; returns the final state.
+
+    `tasks(run, iteration, metrics)`, when given, scores the lm-eval `eval_tasks` at each
+    `eval_interval` (see eval_harness.TaskEvaluator).
+    """
     a = run.args
     reporter = StepReporter(run, metrics)
     stop = StopFlag()
@@ -110,6 +115,7 @@ def train(
     )
     last_saved = state.iteration
     while state.iteration < a.train_iters:
+        reporter.before_step(state.iteration + 1)
         start = time.perf_counter()
         result = train_step(run, data)
         seconds = time.perf_counter() - start
@@ -117,13 +123,17 @@ def train(
         state.consumed_samples += a.train_batch_size
         _count_skips(state, result)
         reporter.step(state, result, seconds)
-        if valid_data is not None and a.eval_interval and state.iteration % a.eval_interval == 0:
-            evaluate(run, state, valid_data, metrics, "validation")
+        if a.eval_interval and state.iteration % a.eval_interval == 0:
+            if valid_data is not None:
+                evaluate(run, state, valid_data, metrics, "validation")
+            if tasks is not None:
+                tasks(run, state.iteration, metrics)
         if state.iteration in save_at:
             save(run, state)
             last_saved = state.iteration
         if _should_stop(run, state, stop):
             break
+    reporter.close()
     if last_saved != state.iteration:
         save(run, state)
     return state

@@ -19,13 +19,27 @@ def _vocab(args: Any) -> int | None:
     )
 
 
+def _nodes(args: Any) -> int:
+    """Nodes the launch will use: from the hostfile when there is one, else `num_nodes`."""
+    from pathlib import Path
+
+    if args.hostfile and Path(args.hostfile).is_file():
+        from megatron.launch import hostfile_resources
+
+        hosts = hostfile_resources(
+            args.hostfile, args.include, args.exclude, args.num_nodes, args.num_gpus
+        )
+        return max(len(hosts), 1)
+    return args.num_nodes if args.num_nodes and args.num_nodes > 0 else 1
+
+
 def plan_lines(args: Any) -> list[str]:
     """Processes, layout, batch triad, parameter count and tokens per step."""
     tp = args.model_parallel_size
     pp = max(args.pipe_parallel_size, 1)
     dp = args.global_num_gpus // (tp * pp)
     lines = [
-        f"processes: {args.global_num_gpus} on {args.num_nodes if args.num_nodes > 0 else 1}"
+        f"processes: {args.global_num_gpus} on {_nodes(args)}"
         f" node(s); data x tensor x pipe = {dp} x {tp} x {pp}"
         f" ({'pipeline engine' if args.pipe_parallel_size >= 1 else 'plain engine'})",
         f"batch: train_batch_size {args.train_batch_size} = micro "

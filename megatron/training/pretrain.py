@@ -7,6 +7,7 @@ from typing import Any
 
 from megatron.training import checkpointing as ckpt
 from megatron.training.engine import batches, build_data, build_run
+from megatron.training.eval_harness import TaskEvaluator, TaskRunner
 from megatron.training.loop import evaluate, train
 from megatron.training.metrics import MetricsLogger
 from megatron.training.state import TrainState, set_rng_state
@@ -60,8 +61,13 @@ def _validate_forward_pass(run: Any, client: dict, where: str) -> None:
     LOG.info("checkpoint validated: forward pass reproduces loss %.6f", saved)
 
 
-def pretrain(args: Any) -> int:
-    """Train as the config says; returns the process exit code."""
+def pretrain(args: Any, task_runner: TaskRunner | None = None) -> int:
+    """Train as the config says; returns the process exit code.
+
+    `task_runner` scores `eval_tasks` with lm-eval at each evaluation (entry points pass
+    `eval_tasks.runner.score_decoder`); without one, that runner is looked up by name.
+    """
+    tasks = TaskEvaluator.from_args(args, task_runner)
     run = build_run(args)
     if args.log_dir:
         tee_output(args.log_dir, run.groups.layout.rank)
@@ -73,7 +79,7 @@ def pretrain(args: Any) -> int:
     try:
         train_iter, valid, test = build_data(run, state.consumed_samples)
         valid_iter = batches(run, valid, 0, cycle=True) if valid is not None else None
-        state = train(run, state, train_iter, valid_iter, metrics)
+        state = train(run, state, train_iter, valid_iter, metrics, tasks)
         limit = args.max_consecutive_skipped_steps
         if limit and state.consecutive_skips >= limit:
             LOG.error(
@@ -87,6 +93,8 @@ def pretrain(args: Any) -> int:
             evaluate(run, state, valid_iter, metrics, "validation")
         if test is not None and args.eval_iters:
             evaluate(run, state, batches(run, test, 0, cycle=True), metrics, "test")
+        if tasks is not None:
+            tasks(run, state.iteration, metrics)  # skipped if just scored at this iteration
     finally:
         metrics.close()
     return 0

@@ -13,6 +13,8 @@ import torch
 
 from megatron.model.flops import flops_per_iteration
 from megatron.training import metrics as m
+from megatron.training.norms import NormLogger
+from megatron.training.profiling import Profiling
 from megatron.training.state import TrainState
 from megatron.training.step import StepResult
 from megatron.utils.throughput import resolve_peak_flops
@@ -38,14 +40,37 @@ class StepReporter:
         self.started = time.perf_counter()
         self.window_seconds = 0.0
         self.window_steps = 0
+        # log_param_norm / log_grad_norm / noise scale; profile, memory_profiling, timers.
+        self.norms = NormLogger.from_run(run)
+        self.profiling = Profiling.from_run(run, run.groups.layout.rank)
+
+    def will_log(self, iteration: int) -> bool:
+        """Whether `iteration` gets a log line (every log_interval, and iteration 1)."""
+        return iteration % self.run.args.log_interval == 0 or iteration == 1
+
+    def before_step(self, iteration: int) -> None:
+        """Call before the step that becomes `iteration` (arms gradient capture, profiler)."""
+        if self.norms is not None:
+            self.norms.before_step(self.will_log(iteration))
+        self.profiling.before_step(iteration)
+
+    def close(self) -> None:
+        """Flush a profiler window that training ended inside of."""
+        self.profiling.close()
 
     def step(self, state: TrainState, result: StepResult, seconds: float) -> None:
         """Record one step; log when the interval is complete (and always at iteration 1)."""
         a = self.run.args
         self.window_seconds += seconds
         self.window_steps += 1
-        if state.iteration % a.log_interval and state.iteration != 1:
+        logging_now = self.will_log(state.iteration)
+        extra = self.profiling.after_step(state.iteration, logging_now)
+        if not logging_now:
+            if extra:
+                self.metrics.log(state.iteration, extra)
             return
+        if self.norms is not None:
+            extra.update(self.norms.metrics())
         mean = self.window_seconds / self.window_steps
         self.window_seconds, self.window_steps = 0.0, 0
         values = {
@@ -72,4 +97,4 @@ class StepReporter:
                 elapsed=time.perf_counter() - self.started,
             )
         )
-        self.metrics.log(state.iteration, values)
+        self.metrics.log(state.iteration, {**values, **extra})

@@ -30,7 +30,7 @@ from tests.distributed import run_distributed
 from tests.e2e import sweep_models as sweep
 from tests.e2e.sweep_data import rank_batches
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(300)]
 
 CONFIG: dict[str, Any] = dict(
     sweep.BASE, hidden_size=64, intermediate_size=256, seq_length=64,
@@ -90,7 +90,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     for r in found:
         total = sum(r["counts"]["sharded"].values()) + sum(r["counts"]["replicated"].values())
         print(f"rank {r['rank']} (tp rank {r['tp_rank']}): peak RSS {r['peak_rss_mib']:.0f} "
-              f"MiB (after imports {r['peak_rss_before_build_mib']:.0f} MiB), "
+              f"MiB (before build_run {r['peak_rss_before_build_mib']:.0f} MiB), "
               f"{total} parameters")
     return found
 

@@ -26,7 +26,7 @@ from tests.distributed import run_distributed
 from tests.e2e import sweep_models as sweep
 from tests.e2e.sweep_data import STRIDES, rank_batches, sample_batch
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(420)]
 
 FALL_NATS = 0.3
 """Required drop of the mean loss from the first 5 steps to the last 5 (from about 4.2).

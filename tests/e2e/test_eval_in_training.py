@@ -1,0 +1,129 @@
+"""``eval_tasks`` in a training config: lm-eval scores the live model at each evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron.inference.decoder import RecomputeDecoder
+from megatron.model import ModelSpec, build_model
+from megatron.model.checkpoint_io import load_full_state_dict
+from megatron.neox_arguments import NeoXArgs
+from megatron.parallel import ProcessGroups
+from megatron.parallel.groups import Group
+from megatron.tokenizer import build_tokenizer
+from megatron.training.eval_harness import live_decoder, results_file, task_metrics
+from tests.e2e.launch import read_metrics, run_deepy, tiny_config
+
+DOCS = [
+    {"question": "The", "choices": ["cat", "qzx"], "answer": 0},
+    {"question": "hello wor", "choices": ["ld", "mm"], "answer": 0},
+    {"question": "<page>", "choices": ["title", "zz"], "answer": 1},
+    {"question": "abc", "choices": ["d", "xyz", "q"], "answer": 2},
+]
+"""lm-eval scores each choice as the continuation ``" " + choice`` (its target_delimiter)."""
+
+def write_task(folder: Path) -> Path:
+    """A local multiple-choice task (nothing fetched); returns its YAML path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "train_choice.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    path = folder / "train_choice.yaml"
+    path.write_text(
+        f"task: train_choice\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\n"
+        "doc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n")
+    return path
+
+
+def loglikelihood(model: torch.nn.Module, tok: object, context: str, cont: str) -> float:
+    """Sum of the continuation's log-probabilities, one forward pass over the whole text."""
+    ctx = tok.tokenize(context) if context else [tok.eod]
+    ids = ctx + tok.tokenize(cont)
+    with torch.no_grad():
+        logits = model((torch.tensor([ids[:-1]]), torch.arange(len(ids) - 1)[None]))[0]
+    logp = torch.log_softmax(logits[:, : tok.vocab_size].float(), -1)
+    return sum(logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids)))
+
+
+def accuracy_of_checkpoint(ckpt: Path, config: Path) -> float:
+    """The task's accuracy, computed here from the saved weights without lm-eval."""
+    tok = build_tokenizer("CharLevelTokenizer")
+    spec = ModelSpec.from_args(NeoXArgs.from_ymls([config]), padded_vocab_size=512)
+    model, _ = build_model(spec, ProcessGroups.single(), pipe_parallel_size=0, seed=1)
+    model.load_state_dict(load_full_state_dict(ckpt, spec))
+    model.eval()
+    right = 0
+    for doc in DOCS:
+        scores = [loglikelihood(model, tok, doc["question"], " " + c) for c in doc["choices"]]
+        right += max(range(len(scores)), key=scores.__getitem__) == doc["answer"]
+    return right / len(DOCS)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_training_logs_task_accuracy_at_each_evaluation(
+    char_corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf" / "home"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    task = write_task(tmp_path / "tasks")
+    prefix = tmp_path / "results" / "run"
+    config = tiny_config(char_corpus, tmp_path, train_iters=4, eval_interval=2,
+                         checkpoint_factor=2, eval_iters=1, eval_tasks=[str(task)],
+                         eval_results_prefix=str(prefix))
+    proc = run_deepy(config, tmp_path, timeout=280)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+    logged = {m["iteration"]: m["eval/train_choice/acc"] for m in read_metrics(tmp_path)
+              if "eval/train_choice/acc" in m}
+    assert sorted(logged) == [2, 4]  # each eval_interval; the end repeats no iteration
+    for iteration, acc in logged.items():
+        saved = json.loads(results_file(str(prefix), iteration).read_text())
+        assert saved["iteration"] == iteration
+        assert saved["results"]["train_choice"]["acc,none"] == acc
+        ckpt = tmp_path / "checkpoints" / f"global_step{iteration}"
+        assert acc == pytest.approx(accuracy_of_checkpoint(ckpt, tmp_path / "config.yml"))
+
+
+def test_task_metrics_names_and_filters() -> None:
+    results = {"results": {
+        "lambada": {"alias": "lambada", "acc,none": 0.5, "acc_stderr,none": "N/A",
+                    "perplexity,none": 12.0},
+        "gsm": {"exact_match,strict-match": 0.25, "bad,none": float("nan"), "flag": True},
+    }}
+    assert task_metrics(results) == {
+        "eval/lambada/acc": 0.5,
+        "eval/lambada/perplexity": 12.0,
+        "eval/gsm/exact_match_strict-match": 0.25,
+    }
+
+
+def test_results_file_names() -> None:
+    assert results_file("out/run", 20, "logs") == Path("out/run_eval_results_iter_0000020.json")
+    assert results_file("", 3, "logs") == Path("logs/eval_results_iter_0000003.json")
+    assert results_file("", 3, None) == Path("eval_results_iter_0000003.json")
+
+
+def test_live_decoder_scores_in_eval_mode_and_restores_training() -> None:
+    spec = ModelSpec(hidden_size=32, num_layers=2, num_attention_heads=4, padded_vocab_size=64,
+                     seq_length=16, pos_emb="rotary", hidden_dropout=0.5)
+    model, _ = build_model(spec, ProcessGroups.single(), pipe_parallel_size=0, seed=3)
+    model.train()
+    tokens = torch.tensor([[1, 5, 9, 2, 7]])
+    with live_decoder(model, Group(), vocab_size=50) as decoder:
+        assert not model.training and not torch.is_grad_enabled()
+        first, second = decoder.logits(tokens), decoder.logits(tokens)
+        step = decoder.step(tokens, 3)
+    assert model.training and torch.is_grad_enabled()
+    assert torch.equal(first, second)  # dropout off
+    assert torch.isinf(first[..., 50:]).all()  # padding rows of the vocabulary
+    model.eval()
+    reference = RecomputeDecoder(model, Group(), 50).logits(tokens[:, :3])[:, -1]
+    torch.testing.assert_close(step, reference, rtol=1e-5, atol=1e-5)
