@@ -78,6 +78,7 @@ class SelfAttention(nn.Module):
         self.kernel = ATTENTION_KERNELS.get(kernel_name)
         # GPT-NeoX numbers layers from 0 here and uses max(1, layer_number).
         self.coeff = float(max(1, layer)) if spec.apply_query_key_layer_scaling else 1.0
+        self.scale = spec.attention_scale or 1.0 / math.sqrt(spec.head_dim)  # muP: 1/head_dim
         self.softmax_fp32 = spec.attention_softmax_in_fp32 or spec.apply_query_key_layer_scaling
         self.dropout_p = spec.attention_dropout
 
@@ -117,7 +118,7 @@ class SelfAttention(nn.Module):
         dropout_p = self.dropout_p if self.training else 0.0
         with self.rng.fork() if self.rng is not None and dropout_p > 0 else nullcontext():
             out = self.kernel(q, k, v, bias=score_bias, causal=True, window=self.window,
-                              scale=1.0 / math.sqrt(self.head_dim), dropout_p=dropout_p,
+                              scale=self.scale, dropout_p=dropout_p,
                               softmax_fp32=self.softmax_fp32, coeff=self.coeff)
         out = out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)  # [b, s, h/tp]
         out, bias = self.dense(out)  # [b, s, h] ([b, s/tp, h] with sequence parallelism)

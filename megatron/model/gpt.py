@@ -51,6 +51,7 @@ class EmbeddingLayer(nn.Module):
     def __init__(self, spec: ModelSpec, tp: Group, index: int, seed: int) -> None:
         super().__init__()
         self.tp, self.sp = tp, spec.sequence_parallel
+        self.embedding_mult = spec.embedding_mult
         self.word_embeddings = VocabParallelEmbedding(spec.padded_vocab_size, spec.hidden_size,
                                                       tp, init_method=no_init)
         pos_cls = POSITIONAL.get(spec.pos_emb)
@@ -67,6 +68,8 @@ class EmbeddingLayer(nn.Module):
             x = self.position_embeddings.embed(x, position_ids)
         if self.sp:
             x = scatter_to_sequence_parallel(x, self.tp)  # [b, s/tp, h]
+        if self.embedding_mult != 1.0:  # muP
+            x = x * self.embedding_mult
         return self.dropout(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,10 +99,13 @@ class FinalNorm(nn.Module):
         self.norm = build_norm(spec.norm, spec.hidden_size, spec.norm_eps,
                                spec.use_bias_in_norms)
         self.tp, self.sp = tp, spec.sequence_parallel
+        self.output_mult = spec.output_mult
         initialize_layer(self, index, spec, seed, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return apply_replicated(self.norm, x, self.tp, self.sp)
+        x = apply_replicated(self.norm, x, self.tp, self.sp)
+        # muP's logit multiplier, here so every head (tied, untied, fused loss) sees it.
+        return x * self.output_mult if self.output_mult != 1.0 else x
 
 
 class OutputLayer(nn.Module):

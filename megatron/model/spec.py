@@ -72,6 +72,13 @@ class ModelSpec:
     output_layer_init_method: str = "scaled_normal"
     init_method_std: float = 0.02
     sequence_parallel: bool = False
+    attention_scale: float | None = None
+    """Softmax scale of q.k; None means 1/sqrt(head_dim) (muP: 1/(head_dim * mup_attn_temp))."""
+    embedding_mult: float = 1.0
+    """Multiplier on the embedding output (muP's ``mup_embedding_mult``)."""
+    output_mult: float = 1.0
+    """Multiplier on the logits, applied to the final norm's output (muP: 1/(mup_output_temp *
+    width_mult); ``megatron.training.mup`` folds in the width multiplier)."""
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads != 0:
@@ -162,7 +169,7 @@ class ModelSpec:
         _reject_unsupported(get)
         fields: dict[str, Any] = {"padded_vocab_size": vocab}
         for group in (_size_fields, _position_fields, _norm_fields, _mlp_fields,
-                      _attention_fields, _block_fields):
+                      _attention_fields, _block_fields, _mup_fields):
             fields.update(group(get))
         return cls(**fields)
 
@@ -233,6 +240,17 @@ def _block_fields(get: _Reader) -> dict[str, Any]:
         output_layer_init_method=get("output_layer_init_method", "scaled_normal"),
         init_method_std=get("init_method_std", 0.02),
         sequence_parallel=get("sequence_parallel", False))
+
+
+def _mup_fields(get: _Reader) -> dict[str, Any]:
+    """muP's multipliers (GPT-NeoX's ``use_mup`` keys); all neutral without ``use_mup``."""
+    if not get("use_mup", False):
+        return {}
+    head_dim = get("hidden_size", 1) // max(1, get("num_attention_heads", 1))
+    return dict(
+        attention_scale=1.0 / (head_dim * get("mup_attn_temp", 1.0)),
+        embedding_mult=get("mup_embedding_mult", 1.0),
+        output_mult=1.0 / get("mup_output_temp", 1.0))
 
 
 class _Reader:

@@ -36,7 +36,7 @@ UNSUPPORTED: list[Unsupported] = [
     Unsupported("attention_config",
                 lambda v, a: any(t not in SUPPORTED_ATTENTION for t in v or []),
                 "only global, local and flash attention are built"),
-    Unsupported("use_mup", _truthy, "muP is planned but not built"),
+    Unsupported("coord_check", _truthy, "muP coordinate-check plots"),
     Unsupported("train_impl", lambda v, a: v != "normal", "only the language-modelling objective"),
     Unsupported("dataset_impl", lambda v, a: v != "gpt2", "pairwise datasets"),
     Unsupported("lr_decay_style", lambda v, a: v.startswith("infinite"),

@@ -28,6 +28,7 @@ from megatron.model import ModelSpec, build_model
 from megatron.parallel import ParallelLayout, ProcessGroups
 from megatron.parallel.random import RNGTracker
 from megatron.tokenizer import build_tokenizer, padded_vocab_size
+from megatron.training import mup
 from megatron.training.faults import Watchdog
 from megatron.training.grad_clip import clip_grads_, global_grad_norm
 from megatron.training.lr_schedules import AnnealingLR
@@ -123,6 +124,8 @@ def build_run(args: Any) -> Run:
     groups = build_groups(args)
     tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file)
     spec = build_spec(args, tokenizer)
+    if args.use_mup or args.save_base_shapes:
+        spec = mup.setup_spec(args, spec, dist.get_rank() == 0)
     is_pipe = args.pipe_parallel_size >= 1
     # Dropout streams: shared where the model is replicated, per-rank inside TP shards.
     tracker = RNGTracker.from_seed(args.seed, groups.tp.rank, device_type=_device_type())
@@ -137,6 +140,11 @@ def build_run(args: Any) -> Run:
         rng_tracker=tracker,
     )
     groups_of_params = param_groups(model, args.weight_decay)
+    if args.use_mup:  # base shapes, muP init, and per-group LR / weight-decay factors
+        mup.apply_mup(model, args, groups.tp.size)
+        groups_of_params = mup.mup_param_groups(
+            groups_of_params, args.optimizer["type"], args.weight_decay
+        )
     optimizer = build_optimizer(
         groups_of_params,
         args.optimizer,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from megatron.inference.decoder import RecomputeDecoder
 from megatron.model import ModelSpec, build_model
-from megatron.model.checkpoint_io import load_full_state_dict
+from megatron.model.checkpoint_io import load_full_state_dict, save_as_checkpoint
 from megatron.neox_arguments import NeoXArgs
 from megatron.parallel import ProcessGroups
 from megatron.parallel.groups import Group
@@ -66,7 +67,7 @@ def accuracy_of_checkpoint(ckpt: Path, config: Path) -> float:
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_training_logs_task_accuracy_at_each_evaluation(
     char_corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -78,7 +79,7 @@ def test_training_logs_task_accuracy_at_each_evaluation(
     config = tiny_config(char_corpus, tmp_path, train_iters=4, eval_interval=2,
                          checkpoint_factor=2, eval_iters=1, eval_tasks=[str(task)],
                          eval_results_prefix=str(prefix))
-    proc = run_deepy(config, tmp_path, timeout=280)
+    proc = run_deepy(config, tmp_path, timeout=450)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
     logged = {m["iteration"]: m["eval/train_choice/acc"] for m in read_metrics(tmp_path)
@@ -127,3 +128,28 @@ def test_live_decoder_scores_in_eval_mode_and_restores_training() -> None:
     model.eval()
     reference = RecomputeDecoder(model, Group(), 50).logits(tokens[:, :3])[:, -1]
     torch.testing.assert_close(step, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_results_reach_tensorboard_and_jsonl(tmp_path: Path) -> None:
+    """evaluate.py's rank 0 logs eval/<task>/<metric> at the loaded checkpoint's iteration."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from eval_tasks.runner import loaded_iteration, log_results
+
+    spec = ModelSpec(hidden_size=32, num_layers=1, num_attention_heads=4, padded_vocab_size=64,
+                     seq_length=16)
+    model, _ = build_model(spec, ProcessGroups.single(), pipe_parallel_size=0, seed=3)
+    ckpt = tmp_path / "ckpt"
+    save_as_checkpoint(model.state_dict(), spec, ckpt, iteration=30)
+    args = SimpleNamespace(load=str(ckpt), iteration=None, tensorboard_dir=str(tmp_path / "tb"),
+                           log_dir=str(tmp_path / "logs"), use_wandb=False, train_iters=None,
+                           all_config={})
+    results = {"results": {"piqa": {"alias": "piqa", "acc,none": 0.75, "acc_norm,none": 0.5}}}
+    log_results(results, args, loaded_iteration(args))
+
+    line = json.loads((tmp_path / "logs" / "metrics.jsonl").read_text())
+    assert (line["iteration"], line["eval/piqa/acc"], line["eval/piqa/acc_norm"]) == (30, 0.75, 0.5)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    [scalar] = events.Scalars("eval/piqa/acc")
+    assert (scalar.step, scalar.value) == (30, 0.75)

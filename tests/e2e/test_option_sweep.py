@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import torch
 
+from megatron.model.kernels import ATTENTION_KERNELS
 from megatron.model.norms import NORMS
 from tests.distributed import run_distributed
 from tests.e2e import sweep_models as sweep
@@ -37,8 +38,6 @@ _TIMEOUT_S = 300
 
 def _built(run: Any) -> dict[str, Any]:
     """What the built model really uses, to check the config reached it."""
-    from megatron.model.kernels import ATTENTION_KERNELS
-
     block = run.engine.module.sequential[2]
     kernels = {ATTENTION_KERNELS.get(k): k for k in ATTENTION_KERNELS.keys()}
     spec = dataclasses.asdict(run.spec)
@@ -125,6 +124,11 @@ def test_every_registry_value_is_in_some_model() -> None:
             assert layouts == {"tp2", "dp2"}, (option, value, layouts)
 
 
+def test_registries_without_a_config_key_hold_what_the_sweep_expects() -> None:
+    # Every block is a 'transformer'; a new layer type must be added to the sweep by hand.
+    assert sweep.layer_types() == ["transformer"]
+
+
 def test_every_pos_emb_residual_pair_has_a_model() -> None:
     pairs = {(m["pos_emb"], m["residual"]) for m in sweep.models()}
     assert len(pairs) == 6 * 3  # 6 positional embeddings x 3 residual styles
@@ -169,3 +173,6 @@ def test_attention_types_pick_their_kernels(sweep_results: list[dict[str, Any]])
     expected = {"global": ("sdpa", None), "local": ("sdpa", 8), "flash": ("flash", None)}
     for r in sweep_results:
         assert (r["kernel"], r["window"]) == expected[r["chosen"]["attention"]], r["chosen"]
+    # 'reference' is the tests' oracle kernel: no config value selects it.
+    used = {r["kernel"] for r in sweep_results} | {"reference"}
+    assert used == set(ATTENTION_KERNELS.keys())

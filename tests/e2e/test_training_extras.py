@@ -90,3 +90,21 @@ def test_tp2_norms_match_the_single_process_run(
     assert first["param_norm"] == pytest.approx(ref["param_norm"], rel=1e-5)
     assert first["gradient_norms/sequential.0.word_embeddings.weight"] == pytest.approx(
         ref["gradient_norms/sequential.0.word_embeddings.weight"], rel=1e-4)
+
+
+def test_mup_base_shapes_then_a_wider_model_trains(char_corpus: str, tmp_path: Path) -> None:
+    shapes = tmp_path / "base-shapes.yml"
+    mup_keys = {"use_mup": True, "base_shapes_file": str(shapes), "mup_output_temp": 0.5,
+                "mup_attn_temp": 1.0, "mup_embedding_mult": 2.0, "train_iters": 12,
+                "checkpoint_factor": 100, "eval_interval": 100}
+    base = tiny_config(char_corpus, tmp_path / "base", save_base_shapes=True, **mup_keys)
+    proc = run_deepy(base, tmp_path / "base")
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert "sequential.0.word_embeddings.weight" in shapes.read_text()
+    assert not (tmp_path / "base" / "logs" / "metrics.jsonl").exists(), "exits before training"
+    wide = tiny_config(char_corpus, tmp_path / "wide", hidden_size=128, **mup_keys)
+    proc = run_deepy(wide, tmp_path / "wide")
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    losses = {m["iteration"]: m["lm_loss"] for m in read_metrics(tmp_path / "wide")
+              if m.get("lm_loss") is not None}
+    assert losses[12] < losses[1] - 0.5, losses

@@ -24,7 +24,7 @@ def test_plain_config_is_supported():
     ({"moe_num_experts": 8}, "moe_num_experts"),
     ({"attention_config": [[["global", "sparse_fixed"], 1]]}, "attention_config"),
     ({"attention_config": [[["mamba"], 2]]}, "attention_config"),
-    ({"use_mup": True}, "use_mup"),
+    ({"coord_check": True}, "coord_check"),
     ({"train_impl": "dpo"}, "train_impl"),
     ({"curriculum_learning": {"enabled": True}}, "curriculum_learning"),
     ({"s3_path": "s3://bucket/run"}, "s3_path"),

@@ -1,0 +1,92 @@
+"""``./deepy.py generate.py -i ... -o ...`` with 2 tensor-parallel workers matches 1 worker.
+
+The checkpoint is written at TP=1; the TP=2 run cuts its slices from it at load time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from megatron.model import ModelSpec, build_model
+from megatron.model.checkpoint_io import save_as_checkpoint
+from megatron.neox_arguments import NeoXArgs
+from megatron.parallel import ProcessGroups
+from megatron.tokenizer import build_tokenizer
+from tests.e2e.launch import REPO, tiny_config
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(420)]
+
+PROMPTS = ["Hello world", "abc", "The quick brown fox"]
+STEPS = 8
+
+
+def deepy(config: dict, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``./deepy.py generate.py config.yml EXTRA...`` as a user would type it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run([sys.executable, str(REPO / "deepy.py"), "generate.py", str(path),
+                           *extra], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=200)
+
+
+def greedy_text(model: torch.nn.Module, tok: object, prompt: str, steps: int) -> str:
+    """Independent argmax loop over the tokenizer's vocabulary, stopping at eod."""
+    ids = tok.tokenize(prompt)
+    start = len(ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model((torch.tensor([ids]), torch.arange(len(ids))[None]))[0, -1]
+            nxt = int(logits[: tok.vocab_size].argmax())
+            if nxt == tok.eod:
+                break
+            ids.append(nxt)
+    return tok.detokenize(ids[start:])
+
+
+def generation_config(tmp_path: Path, **layout: object) -> dict:
+    """Greedy input-file generation whose config names other files than the command line."""
+    decoy = tmp_path / "decoy_prompts.txt"
+    decoy.write_text("not these\n")
+    return tiny_config("unused", tmp_path, data_path=None, load=str(tmp_path / "ckpt"),
+                       save=None, text_gen_type="input-file", sample_input_file=str(decoy),
+                       sample_output_file=str(tmp_path / "decoy.jsonl"), temperature=0.0,
+                       maximum_tokens=STEPS, init_method_std=0.2, **layout)
+
+
+def test_tp2_generate_matches_tp1_from_a_tp1_checkpoint(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    config = generation_config(tmp_path)
+    (tmp_path / "c.yml").write_text(yaml.safe_dump(config))
+    spec = ModelSpec.from_args(NeoXArgs.from_ymls([tmp_path / "c.yml"]), padded_vocab_size=512)
+    model, _ = build_model(spec, ProcessGroups.single(), pipe_parallel_size=0, seed=11)
+    save_as_checkpoint(model.eval().state_dict(), spec, tmp_path / "ckpt", tp=1, pp=1,
+                       iteration=5)
+
+    samples = {}
+    for name, layout in {"tp1": {"num_gpus": 1}, "tp2": {"num_gpus": 2,
+                                                          "model_parallel_size": 2}}.items():
+        out = tmp_path / f"{name}_samples.jsonl"
+        proc = deepy(generation_config(tmp_path, **layout), tmp_path / name,
+                     "-i", str(prompts), "-o", str(out))
+        assert proc.returncode == 0, f"{name}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        samples[name] = [json.loads(line) for line in out.read_text().splitlines()]
+
+    assert not (tmp_path / "decoy.jsonl").exists()  # -o replaced the config's file
+    tok = build_tokenizer("CharLevelTokenizer")
+    expected = [greedy_text(model, tok, p, STEPS) for p in PROMPTS]
+    for name, records in samples.items():
+        assert [r["context"] for r in records] == PROMPTS, name  # -i replaced the config's
+        assert [r["text"] for r in records] == expected, name
+    assert any(text for text in expected)  # the comparison is not between empty strings
