@@ -58,6 +58,9 @@ def _worker(target: tuple[str, str | None, str], rank: int, world_size: int, sto
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # the test machine is small and shared
+    from megatron.utils.deepspeed_ops import skip_unused_cpu_ops
+
+    skip_unused_cpu_ops()  # no minutes of g++ for an op only DeepSpeed inference uses
     try:
         fn = _resolve(*target)
         store = dist.FileStore(store_path, world_size)

@@ -147,8 +147,12 @@ def build_ours(args: Any, fused_loss: bool) -> tuple[Any, Any]:
     from megatron.training.step import train_step
 
     _single_process_env()
-    if fused_loss:  # until build_run takes the option itself
-        engine.build_model = functools.partial(build_model, fused_loss=True)
+    if not fused_loss:  # build_run fuses the head where it can; --no-fused-loss turns it off
+
+        def plain_head(*positional: Any, **options: Any) -> Any:
+            return build_model(*positional, **{**options, "fused_loss": False})
+
+        engine.build_model = plain_head
     run = engine.build_run(args)
     return run, functools.partial(train_step, run)
 

@@ -35,6 +35,7 @@ from megatron.training.lr_schedules import AnnealingLR
 from megatron.training.nonfinite import NonFiniteGuard
 from megatron.training.optimizers import DeepSpeedOptimizer, build_optimizer, param_groups
 from megatron.training.state import seed_everything
+from megatron.utils.deepspeed_ops import skip_unused_cpu_ops
 
 LOG = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def init_distributed(args: Any) -> None:
             hostfile=args.hostfile,
         )
     )
+    skip_unused_cpu_ops()
     if not dist.is_initialized():
         # A lost node then fails the survivors' next collective after this long, not 10 minutes.
         timeout = timedelta(minutes=float(getattr(args, "distributed_timeout_minutes", 10.0)))
@@ -120,6 +122,7 @@ def build_run(args: Any) -> Run:
     import deepspeed
 
     init_distributed(args)
+    skip_unused_cpu_ops()  # also when torch.distributed was started by someone else
     seed_everything(args.seed)
     groups = build_groups(args)
     tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file)
@@ -129,9 +132,13 @@ def build_run(args: Any) -> Run:
     is_pipe = args.pipe_parallel_size >= 1
     # Dropout streams: shared where the model is replicated, per-rank inside TP shards.
     tracker = RNGTracker.from_seed(args.seed, groups.tp.rank, device_type=_device_type())
+    # The chunked LM head + loss never materialises full logits; ZeRO-3 gathers the head
+    # weight only inside the module's forward, and the pipeline has its own head layer.
+    fused = not is_pipe and args.zero_optimization.get("stage", 0) < 3
     model, loss_fn = build_model(
         spec,
         groups,
+        fused_loss=fused,
         pipe_parallel_size=args.pipe_parallel_size,
         partition_method=args.pipe_partition_method,
         activation_checkpointing=args.checkpoint_activations,
@@ -170,6 +177,8 @@ def build_run(args: Any) -> Run:
         mpu=None if is_pipe else groups.mpu,
         dist_init_required=False,
     )
+    if not is_pipe and groups.dp.size == 1:
+        engine.enable_backward_allreduce = False  # nothing to reduce: skip the flatten/copy
     _clip_fp32_globally(engine, groups.tp.rank)
     return Run(args, groups, tokenizer, spec, engine, loss_fn, is_pipe, tracker, guard)
 

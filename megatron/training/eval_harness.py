@@ -104,6 +104,14 @@ def scoring_group(run: Any) -> Group:
     return Group() if stage >= 3 else run.groups.dp
 
 
+def needs_recompute(run: Any) -> bool:
+    """Full forward passes instead of the KV cache: when asked (``recompute``), or where the
+    cache does not apply (sequence parallelism; ZeRO-3's partitioned parameters)."""
+    a = run.args
+    zero3 = int((a.zero_optimization or {}).get("stage", 0) or 0) >= 3
+    return bool(getattr(a, "recompute", False) or a.sequence_parallel or zero3)
+
+
 @dataclass
 class TaskEvaluator:
     """Runs ``eval_tasks`` on a training ``Run`` and reports the results.
@@ -138,7 +146,7 @@ class TaskEvaluator:
         self.last_iteration = iteration
         a = run.args
         with live_decoder(run.engine.module, run.groups.tp, run.tokenizer.vocab_size,
-                          bool(getattr(a, "recompute", False))) as decoder:
+                          needs_recompute(run)) as decoder:
             results = self.runner(decoder, run.tokenizer, run.groups.tp, scoring_group(run), a)
         values = task_metrics(results)
         metrics.log(iteration, values)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -16,7 +18,13 @@ from megatron.neox_arguments import NeoXArgs
 from megatron.parallel import ProcessGroups
 from megatron.parallel.groups import Group
 from megatron.tokenizer import build_tokenizer
-from megatron.training.eval_harness import live_decoder, results_file, task_metrics
+from megatron.training.eval_harness import (
+    PIPE_UNSUPPORTED,
+    TaskEvaluator,
+    live_decoder,
+    results_file,
+    task_metrics,
+)
 from tests.e2e.launch import read_metrics, run_deepy, tiny_config
 
 DOCS = [
@@ -153,3 +161,72 @@ def test_evaluate_results_reach_tensorboard_and_jsonl(tmp_path: Path) -> None:
     events.Reload()
     [scalar] = events.Scalars("eval/piqa/acc")
     assert (scalar.step, scalar.value) == (30, 0.75)
+
+
+class Recorder:
+    """Stands in for MetricsLogger."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[int, dict]] = []
+
+    def log(self, iteration: int, values: dict) -> None:
+        self.logged.append((iteration, dict(values)))
+
+
+def fake_run(tmp_path: Path, *, is_pipe: bool = False, zero_stage: int = 0) -> SimpleNamespace:
+    spec = ModelSpec(hidden_size=32, num_layers=1, num_attention_heads=4, padded_vocab_size=64,
+                     seq_length=16)
+    model, _ = build_model(spec, ProcessGroups.single(), pipe_parallel_size=0, seed=3)
+    args = SimpleNamespace(zero_optimization={"stage": zero_stage}, sequence_parallel=False,
+                           recompute=False, eval_results_prefix=str(tmp_path / "r"),
+                           log_dir=None)
+    return SimpleNamespace(is_pipe=is_pipe, is_rank0=True, engine=SimpleNamespace(module=model),
+                           groups=SimpleNamespace(tp=Group(), dp=Group(size=2)), args=args,
+                           tokenizer=SimpleNamespace(vocab_size=50))
+
+
+def test_task_evaluator_logs_writes_and_scores_each_iteration_once(tmp_path: Path) -> None:
+    seen = []
+
+    def runner(decoder: Any, tok: Any, tp: Group, dp: Group, args: Any) -> dict:
+        seen.append((type(decoder).__name__, decoder.model.training, dp.size))
+        return {"results": {"t": {"acc,none": 0.25 * len(seen)}}}
+
+    run, metrics = fake_run(tmp_path), Recorder()
+    run.engine.module.train()
+    evaluator = TaskEvaluator.from_args(SimpleNamespace(eval_tasks=["t"]), runner)
+    evaluator(run, 10, metrics)
+    evaluator(run, 10, metrics)  # the end of training right after an eval_interval
+    evaluator(run, 20, metrics)
+    assert seen == [("CachedDecoder", False, 2), ("CachedDecoder", False, 2)]
+    assert run.engine.module.training
+    assert metrics.logged == [(10, {"eval/t/acc": 0.25}), (20, {"eval/t/acc": 0.5})]
+    saved = json.loads(results_file(str(tmp_path / "r"), 20).read_text())
+    assert saved == {"iteration": 20, "results": {"t": {"acc,none": 0.5}}}
+    assert TaskEvaluator.from_args(SimpleNamespace(eval_tasks=None), runner) is None
+
+
+def test_task_evaluator_under_zero3_scores_everything_on_every_rank(tmp_path: Path) -> None:
+    seen = []
+
+    def runner(decoder: Any, tok: Any, tp: Group, dp: Group, args: Any) -> dict:
+        seen.append((type(decoder).__name__, dp.size))
+        return {"results": {}}
+
+    TaskEvaluator(runner)(fake_run(tmp_path, zero_stage=3), 5, Recorder())
+    assert seen == [("RecomputeDecoder", 1)]
+
+
+def test_task_evaluator_skips_a_pipeline_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def runner(*_: object) -> dict:
+        raise AssertionError("a pipelined engine must not be scored")
+
+    evaluator, metrics = TaskEvaluator(runner), Recorder()
+    run = fake_run(tmp_path, is_pipe=True)
+    with caplog.at_level(logging.WARNING):
+        evaluator(run, 2, metrics)
+        evaluator(run, 4, metrics)
+    assert [r.getMessage() for r in caplog.records] == [PIPE_UNSUPPORTED]
+    assert metrics.logged == []

@@ -101,7 +101,8 @@ def test_every_spec_field_is_read_from_its_gpt_neox_key() -> None:
                 sliding_window_width=7, attention_dropout=0.25, gpt_j_residual=True,
                 gpt_j_tied=True, no_weight_tying=True, hidden_dropout=0.125,
                 init_method="small_init", output_layer_init_method="wang_init",
-                init_method_std=0.5, sequence_parallel=True)
+                init_method_std=0.5, sequence_parallel=True, use_mup=True,
+                mup_attn_temp=2.0, mup_embedding_mult=3.0, mup_output_temp=0.5)
     spec = ModelSpec.from_args(_args(**neox))
     defaults = ModelSpec(hidden_size=64, num_layers=2, num_attention_heads=4,
                          padded_vocab_size=128)
