@@ -74,10 +74,8 @@ def tiny_config(data_prefix: str, workdir: Path, **overrides: object) -> dict:
     return config
 
 
-def run_deepy(
-    config: dict, workdir: Path, script: str = "train.py", timeout: int = 300
-) -> subprocess.CompletedProcess:
-    """Launch `./deepy.py SCRIPT config.yml` for real, as a user would."""
+def _deepy_command(config: dict, workdir: Path, script: str) -> tuple[list[str], dict]:
+    """Write `workdir/config.yml`; the command line and environment that launch it."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.yml"
     path.write_text(yaml.safe_dump(config))
@@ -85,13 +83,16 @@ def run_deepy(
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONPATH"] = str(REPO)
+    return [sys.executable, str(REPO / "deepy.py"), script, str(path)], env
+
+
+def run_deepy(
+    config: dict, workdir: Path, script: str = "train.py", timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Launch `./deepy.py SCRIPT config.yml` for real, as a user would."""
+    argv, env = _deepy_command(config, workdir, script)
     return subprocess.run(
-        [sys.executable, str(REPO / "deepy.py"), script, str(path)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -106,16 +107,10 @@ def train_losses(workdir: Path) -> dict[int, float]:
 
 def start_deepy(config: dict, workdir: Path) -> subprocess.Popen:
     """Start `./deepy.py train.py` in its own session (so the test can kill the whole tree)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "config.yml"
-    path.write_text(yaml.safe_dump(config))
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = str(REPO)
+    argv, env = _deepy_command(config, workdir, "train.py")
     log = (workdir / "deepy.log").open("w")
     return subprocess.Popen(
-        [sys.executable, str(REPO / "deepy.py"), "train.py", str(path)],
+        argv,
         cwd=REPO,
         env=env,
         stdout=log,

@@ -1,6 +1,8 @@
 """``./deepy.py generate.py -i ... -o ...`` with 2 tensor-parallel workers matches 1 worker.
 
-The checkpoint is written at TP=1; the TP=2 run cuts its slices from it at load time.
+The checkpoint is written at TP=1; the TP=2 workers cut their slices from it at load time.
+The 1-worker reference runs generate.py's own path (loader and text_gen_type mode) in this
+process, which saves a second launch; an independent argmax loop checks both.
 """
 
 from __future__ import annotations
