@@ -22,8 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     from megatron.training import pretrain
     from megatron.training.checkpointing import CheckpointError
 
+    runner = None
+    if args.eval_tasks:
+        from eval_tasks.runner import score_decoder as runner
     try:
-        return pretrain(args)
+        return pretrain(args, task_runner=runner)
     except (CheckpointError, DataError) as err:
         print(f"train.py: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

@@ -11,8 +11,11 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +98,25 @@ def _is_offline_error(err: BaseException) -> bool:
         "DatasetNotFoundError", "LocalEntryNotFoundError", "OfflineModeIsEnabled")
 
 
+@contextmanager
+def _one_process_view() -> Iterator[None]:
+    """Hide the launcher's ``LOCAL_RANK`` from lm-eval for the duration.
+
+    Every worker runs the harness as a single process (the adapter shares the requests among
+    replicas itself), but lm-eval returns no results on a process whose ``LOCAL_RANK`` is not
+    0, so with two workers on a node the second one would get None.
+    """
+    saved = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["LOCAL_RANK"]
+        else:
+            os.environ["LOCAL_RANK"] = saved
+
+
 def evaluate_tasks(adapter: LM, tasks: list[str], *, include_path: str | None = None,
                    limit: int | None = None, bootstrap_iters: int = 100000,
                    seed: int = 1234) -> dict[str, Any]:
@@ -111,10 +133,11 @@ def evaluate_tasks(adapter: LM, tasks: list[str], *, include_path: str | None = 
     manager = task_manager_for(tasks, folders)
     check_task_names(tasks, manager)
     try:
-        out = simple_evaluate(model=adapter, tasks=list(tasks), task_manager=manager,
-                              limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False,
-                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                              fewshot_random_seed=seed)
+        with _one_process_view():
+            out = simple_evaluate(model=adapter, tasks=list(tasks), task_manager=manager,
+                                  limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False,
+                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                  fewshot_random_seed=seed)
     except Exception as err:
         if _is_offline_error(err):
             raise _offline_failure(tasks, err) from err

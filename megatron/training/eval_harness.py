@@ -128,11 +128,19 @@ class TaskEvaluator:
 
     @classmethod
     def from_args(cls, args: Any, runner: TaskRunner | None = None) -> TaskEvaluator | None:
-        """An evaluator when ``eval_tasks`` is set (else None); ``runner`` defaults to
-        ``harness_runner()``."""
+        """An evaluator when ``eval_tasks`` is set (else None).
+
+        ``runner`` comes from the entry point (``train.py`` passes
+        ``eval_tasks.runner.score_decoder``): ``eval_tasks`` sits above ``megatron``.
+        """
         if not getattr(args, "eval_tasks", None):
             return None
-        return cls(runner or harness_runner())
+        if runner is None:
+            raise ValueError(
+                "eval_tasks is set but no lm-eval runner was given to pretrain(); "
+                "train.py passes eval_tasks.runner.score_decoder"
+            )
+        return cls(runner)
 
     def __call__(self, run: Any, iteration: int, metrics: Any) -> dict[str, float]:
         """Score the tasks at ``iteration``; returns the logged ``eval/...`` values."""
@@ -155,15 +163,3 @@ class TaskEvaluator:
             write_iteration_results(results, path, iteration)
             LOG.info("iteration %d: eval_tasks %s; results in %s", iteration, values, path)
         return values
-
-
-def harness_runner() -> TaskRunner:
-    """The lm-eval runner of the ``eval_tasks`` package, looked up by name at run time.
-
-    ``eval_tasks`` sits above ``megatron`` (it is an application of the library), so it is
-    not imported here; entry points should pass ``eval_tasks.runner.score_decoder`` to
-    ``pretrain`` themselves. This lookup is the fallback for callers that do not.
-    """
-    import importlib
-
-    return importlib.import_module("eval_tasks.runner").score_decoder

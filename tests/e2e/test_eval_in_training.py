@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -76,8 +77,10 @@ def accuracy_of_checkpoint(ckpt: Path, config: Path) -> float:
 @pytest.mark.distributed
 @pytest.mark.slow
 @pytest.mark.timeout(480)
+@pytest.mark.parametrize("layout", [{"num_gpus": 1}, {"num_gpus": 2, "model_parallel_size": 2}],
+                         ids=["single", "tp2"])
 def test_training_logs_task_accuracy_at_each_evaluation(
-    char_corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    char_corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: dict
 ) -> None:
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf" / "home"))
@@ -86,7 +89,7 @@ def test_training_logs_task_accuracy_at_each_evaluation(
     prefix = tmp_path / "results" / "run"
     config = tiny_config(char_corpus, tmp_path, train_iters=4, eval_interval=2,
                          checkpoint_factor=2, eval_iters=1, eval_tasks=[str(task)],
-                         eval_results_prefix=str(prefix))
+                         eval_results_prefix=str(prefix), **layout)
     proc = run_deepy(config, tmp_path, timeout=450)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
@@ -230,3 +233,17 @@ def test_task_evaluator_skips_a_pipeline_with_one_warning(
         evaluator(run, 4, metrics)
     assert [r.getMessage() for r in caplog.records] == [PIPE_UNSUPPORTED]
     assert metrics.logged == []
+
+
+def test_lm_eval_sees_one_process_on_every_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lm-eval drops the results where LOCAL_RANK != 0; the runner hides it, then restores it."""
+    from eval_tasks.runner import _one_process_view
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with _one_process_view():
+        assert os.environ["LOCAL_RANK"] == "0"
+    assert os.environ["LOCAL_RANK"] == "1"
+    monkeypatch.delenv("LOCAL_RANK")
+    with _one_process_view():
+        assert os.environ["LOCAL_RANK"] == "0"
+    assert "LOCAL_RANK" not in os.environ
