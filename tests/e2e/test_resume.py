@@ -69,7 +69,11 @@ def test_resume_after_sigkill_equals_uninterrupted(
 
 def _train_workers(proc: psutil.Popen | object) -> list[psutil.Process]:
     parent = psutil.Process(proc.pid)
-    return [p for p in parent.children(recursive=True) if "train.py" in " ".join(p.cmdline())]
+    return [
+        p
+        for p in parent.children(recursive=True)
+        if "train.py" in (cmd := " ".join(p.cmdline())) and "--local_rank" in cmd
+    ]
 
 
 def test_sigterm_saves_and_exits_cleanly(char_corpus: str, tmp_path: Path) -> None:
@@ -101,7 +105,7 @@ def test_checkpoint_validation_rejects_a_different_model(char_corpus: str, tmp_p
     assert first.returncode == 0, first.stderr[-4000:]
     assert _latest_step(tmp_path / "checkpoints") == 5
     # Same parameter shapes, different function: the saved weights no longer fit.
-    config.update(rotary_emb_base=500, exit_interval=None)
+    config.update(activation="relu", exit_interval=None)
     second = run_deepy(config, tmp_path)
     assert second.returncode == 1
     assert "does not match this config" in second.stderr
