@@ -64,6 +64,11 @@ def common_problems(spec: ModelSpec) -> list[str]:
     if any(kind == "local" for kind in spec.attention_config) or spec.sliding_window_width:
         problems.append("local/sliding-window attention (attention_config 'local' or "
                         "sliding_window_width): the HF classes attend globally")
+    mup_scaled = (spec.attention_scale is not None or spec.embedding_mult != 1.0
+                  or spec.output_mult != 1.0)
+    if mup_scaled:
+        problems.append("use_mup = true (muP's attention, embedding and output multipliers "
+                        "have no place in the HF classes)")
     return problems
 
 

@@ -157,4 +157,8 @@ def start_inference(args: Any) -> InferenceModel:
     groups = inference_groups(args)
     tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file)
     spec = build_spec(args, tokenizer)
+    if args.use_mup:  # the logit multiplier depends on the width against the base shapes
+        from megatron.training.mup import prepare_spec
+
+        spec = prepare_spec(spec, args)
     return build_inference_model(args, tokenizer, spec, groups)

@@ -285,3 +285,11 @@ def test_unsupported_hf_models_are_refused(tmp_path: Path,
     assert convert_from_hf.main(["--hf_dir", str(tmp_path / "scaled"), "--output_dir",
                                  str(tmp_path / "out")]) == 2
     assert "rope_type 'linear'" in caplog.text
+
+
+def test_mup_scaled_models_are_refused() -> None:
+    base = dict(hidden_size=32, num_layers=1, num_attention_heads=4, padded_vocab_size=64,
+                pos_emb="rotary")
+    assert convert_to_hf.common_problems(ModelSpec(**base)) == []
+    problems = convert_to_hf.common_problems(ModelSpec(**base, output_mult=0.25))
+    assert any("use_mup" in p for p in problems)
