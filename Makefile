@@ -19,10 +19,12 @@ REQS := requirements/requirements.txt requirements/requirements-dev.txt \
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: $(REQS) requirements/constraints.txt
+$(VENV)/.installed: $(REQS) requirements/constraints.txt requirements/requirements-mup.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(addprefix -r ,$(REQS))
+	# mup declares torchvision, which breaks beside the CPU torch: its imports need only torch.
+	$(PY) -m pip install --quiet --no-deps -r requirements/requirements-mup.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
