@@ -60,6 +60,7 @@ def tiny_config(data_prefix: str, workdir: Path, **overrides: object) -> dict:
         "save": str(workdir / "checkpoints"),
         "load": str(workdir / "checkpoints"),
         "checkpoint_factor": 10,
+        "checkpoint_validation_with_forward_pass": True,
         "log_dir": str(workdir / "logs"),
         "log_interval": 1,
         "eval_interval": 10,
