@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -75,8 +76,11 @@ def tiny_config(data_prefix: str, workdir: Path, **overrides: object) -> dict:
     return config
 
 
-def _deepy_command(config: dict, workdir: Path, script: str) -> tuple[list[str], dict]:
-    """Write `workdir/config.yml`; the command line and environment that launch it."""
+def _deepy_command(
+    config: dict, workdir: Path, script: str, extra: Sequence[str] = ()
+) -> tuple[list[str], dict]:
+    """Write `workdir/config.yml`; the command line (plus `extra` arguments, e.g. `-i F`)
+    and the environment that launch it."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.yml"
     path.write_text(yaml.safe_dump(config))
@@ -84,14 +88,18 @@ def _deepy_command(config: dict, workdir: Path, script: str) -> tuple[list[str],
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONPATH"] = str(REPO)
-    return [sys.executable, str(REPO / "deepy.py"), script, str(path)], env
+    return [sys.executable, str(REPO / "deepy.py"), script, str(path), *extra], env
 
 
 def run_deepy(
-    config: dict, workdir: Path, script: str = "train.py", timeout: int = 300
+    config: dict,
+    workdir: Path,
+    script: str = "train.py",
+    timeout: int = 300,
+    extra: Sequence[str] = (),
 ) -> subprocess.CompletedProcess:
-    """Launch `./deepy.py SCRIPT config.yml` for real, as a user would."""
-    argv, env = _deepy_command(config, workdir, script)
+    """Launch `./deepy.py SCRIPT config.yml [EXTRA...]` for real, as a user would."""
+    argv, env = _deepy_command(config, workdir, script, extra)
     return subprocess.run(
         argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )

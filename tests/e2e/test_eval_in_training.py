@@ -27,6 +27,7 @@ from megatron.training.eval_harness import (
     task_metrics,
 )
 from tests.e2e.launch import read_metrics, run_deepy, tiny_config
+from tests.oracles import loglikelihood
 
 DOCS = [
     {"question": "The", "choices": ["cat", "qzx"], "answer": 0},
@@ -48,16 +49,6 @@ def write_task(folder: Path) -> Path:
         "doc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\n"
         "doc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n")
     return path
-
-
-def loglikelihood(model: torch.nn.Module, tok: object, context: str, cont: str) -> float:
-    """Sum of the continuation's log-probabilities, one forward pass over the whole text."""
-    ctx = tok.tokenize(context) if context else [tok.eod]
-    ids = ctx + tok.tokenize(cont)
-    with torch.no_grad():
-        logits = model((torch.tensor([ids[:-1]]), torch.arange(len(ids) - 1)[None]))[0]
-    logp = torch.log_softmax(logits[:, : tok.vocab_size].float(), -1)
-    return sum(logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids)))
 
 
 def accuracy_of_checkpoint(ckpt: Path, config: Path) -> float:

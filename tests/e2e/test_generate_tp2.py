@@ -8,13 +8,9 @@ process, which saves a second launch; an independent argmax loop checks both.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from megatron.inference import build_inference_model, run_text_generation
@@ -24,38 +20,13 @@ from megatron.neox_arguments import NeoXArgs
 from megatron.parallel import ProcessGroups
 from megatron.tokenizer import build_tokenizer
 from megatron.training.engine import build_spec
-from tests.e2e.launch import REPO, tiny_config
+from tests.e2e.launch import run_deepy, tiny_config
+from tests.oracles import greedy_text
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(600)]
 
 PROMPTS = ["Hello world", "abc", "The quick brown fox"]
 STEPS = 8
-
-
-def deepy(config: dict, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
-    """``./deepy.py generate.py config.yml EXTRA...`` as a user would type it."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "config.yml"
-    path.write_text(yaml.safe_dump(config))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run([sys.executable, str(REPO / "deepy.py"), "generate.py", str(path),
-                           *extra], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=540)
-
-
-def greedy_text(model: torch.nn.Module, tok: object, prompt: str, steps: int) -> str:
-    """Independent argmax loop over the tokenizer's vocabulary, stopping at eod."""
-    ids = tok.tokenize(prompt)
-    start = len(ids)
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = model((torch.tensor([ids]), torch.arange(len(ids))[None]))[0, -1]
-            nxt = int(logits[: tok.vocab_size].argmax())
-            if nxt == tok.eod:
-                break
-            ids.append(nxt)
-    return tok.detokenize(ids[start:])
 
 
 def generation_config(tmp_path: Path, **layout: object) -> dict:
@@ -89,8 +60,9 @@ def test_tp2_generate_matches_tp1_from_a_tp1_checkpoint(tmp_path: Path) -> None:
                        iteration=5)
 
     out = tmp_path / "tp2_samples.jsonl"
-    proc = deepy(generation_config(tmp_path, num_gpus=2, model_parallel_size=2),
-                 tmp_path / "tp2", "-i", str(prompts), "-o", str(out))
+    proc = run_deepy(generation_config(tmp_path, num_gpus=2, model_parallel_size=2),
+                     tmp_path / "tp2", script="generate.py", timeout=540,
+                     extra=["-i", str(prompts), "-o", str(out)])
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     tp2 = [json.loads(line) for line in out.read_text().splitlines()]
     tp1 = one_worker_samples(tmp_path / "c.yml", prompts, tmp_path / "tp1_samples.jsonl")

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from megatron.model import ModelSpec, build_model
@@ -16,18 +15,9 @@ from megatron.parallel import ProcessGroups
 from megatron.tokenizer import build_tokenizer
 from tests.e2e.launch import run_deepy, tiny_config
 from tests.eval_tasks.conftest import CHOICE_DOCS
+from tests.oracles import loglikelihood
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def loglikelihood(model: torch.nn.Module, tok: object, context: str, cont: str) -> float:
-    """Sum of log-softmax over the continuation, one forward pass over the whole text."""
-    ctx = tok.tokenize(context) if context else [tok.eod]
-    ids = ctx + tok.tokenize(cont)
-    with torch.no_grad():
-        logits = model((torch.tensor([ids[:-1]]), torch.arange(len(ids) - 1)[None]))[0]
-    logp = torch.log_softmax(logits[:, : tok.vocab_size].float(), -1)
-    return sum(logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids)))
 
 
 def test_deepy_evaluate_local_task(task_dir: Path, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from megatron.model import ModelSpec, build_model
@@ -18,24 +17,11 @@ from megatron.neox_arguments import NeoXArgs
 from megatron.parallel import ProcessGroups
 from megatron.tokenizer import build_tokenizer
 from tests.e2e.launch import run_deepy, tiny_config
+from tests.oracles import greedy_text
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(300)]
 
 PROMPTS = ["Hello world", "abc", "The quick brown fox jumps"]
-
-
-def greedy_text(model: torch.nn.Module, tok: object, prompt: str, steps: int) -> str:
-    """Independent argmax loop over the tokenizer's vocabulary, stopping at eod."""
-    ids = tok.tokenize(prompt)
-    start = len(ids)
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = model((torch.tensor([ids]), torch.arange(len(ids))[None]))[0, -1]
-            nxt = int(logits[: tok.vocab_size].argmax())
-            if nxt == tok.eod:
-                break
-            ids.append(nxt)
-    return tok.detokenize(ids[start:])
 
 
 def test_deepy_generate_from_tp2_pipelined_checkpoint(tmp_path: Path) -> None:
