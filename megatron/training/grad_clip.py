@@ -17,8 +17,9 @@ import torch.distributed as dist
 from deepspeed.runtime.utils import is_model_parallel_parameter
 
 
-def _counted_here(param: torch.nn.Parameter, tp_rank: int) -> bool:
-    if param.grad is None or getattr(param, "ds_pipe_replicated", False):
+def counted_once(param: torch.nn.Parameter, tp_rank: int, dp_rank: int = 0) -> bool:
+    """Whether this rank's copy of `param` counts towards a replica-wide norm."""
+    if dp_rank != 0 or getattr(param, "ds_pipe_replicated", False):
         return False
     return tp_rank == 0 or is_model_parallel_parameter(param)
 
@@ -27,7 +28,11 @@ def global_grad_norm(
     params: Iterable[torch.nn.Parameter], tp_rank: int, model_group: object | None
 ) -> torch.Tensor:
     """L2 norm of all gradients of one model replica (summed over pipe x tensor ranks)."""
-    squares = [p.grad.detach().float().pow(2).sum() for p in params if _counted_here(p, tp_rank)]
+    squares = [
+        p.grad.detach().float().pow(2).sum()
+        for p in params
+        if p.grad is not None and counted_once(p, tp_rank)
+    ]
     total = torch.stack(squares).sum() if squares else torch.zeros(())
     if model_group is not None and dist.is_initialized():
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=model_group)

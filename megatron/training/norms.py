@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from deepspeed.runtime.utils import is_model_parallel_parameter
 
+from megatron.training.grad_clip import counted_once
 from megatron.utils.noise_scale import NoiseScaleTracker, estimate_noise_scale
 
 LOG = logging.getLogger(__name__)
@@ -39,13 +39,6 @@ PARAM_PREFIX = "parameter_norms/"
 GRAD_PREFIX = "gradient_norms/"
 
 Named = Iterable[tuple[str, torch.Tensor | None, torch.nn.Parameter]]
-
-
-def counted_once(param: torch.nn.Parameter, tp_rank: int, dp_rank: int = 0) -> bool:
-    """Whether this rank's copy of ``param`` counts towards a replica-wide norm."""
-    if dp_rank != 0 or getattr(param, "ds_pipe_replicated", False):
-        return False
-    return tp_rank == 0 or is_model_parallel_parameter(param)
 
 
 def local_squares(named: Named, tp_rank: int, dp_rank: int = 0) -> dict[str, float]:

@@ -209,6 +209,14 @@ def build_optimizer(
     return builder(list(groups), params, ctx)
 
 
+def _evaluate(closure: Callable[[], float] | None) -> float | None:
+    """Run a step's optional closure with gradients on (steps run under no_grad)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def _grads_of(group: dict[str, Any], who: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The group's parameters that have gradients, and those gradients (dense only)."""
     params = [p for p in group["params"] if p.grad is not None]
@@ -239,10 +247,7 @@ class Lion(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One Lion update for every parameter with a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             params, grads = _grads_of(group, "lion")
             if not params:
@@ -297,10 +302,7 @@ class MadgradWD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One MADGRAD update for every parameter with a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             params, grads = _grads_of(group, "madgrad_wd")
             if not params:
@@ -371,10 +373,7 @@ class SM3(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One SM3 update for every parameter with a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             params, grads = _grads_of(group, "sm3")
             for p, grad in zip(params, grads, strict=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,13 +59,22 @@ def train_step(run: Any, data: Iterator[tuple]) -> StepResult:
     return StepResult(loss=value, grad_norm=norm, skipped=skipped)
 
 
-@torch.no_grad()
+@contextmanager
+def _eval_mode(engine: Any) -> Iterator[None]:
+    """Dropout off and no autograd for the block; training mode restored afterwards."""
+    engine.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        engine.train()
+
+
 def eval_loss(run: Any, data: Iterator[tuple], iters: int) -> float:
     """Mean loss over `iters` global batches, without touching the optimizer."""
     engine = run.engine
-    engine.eval()
     total = 0.0
-    try:
+    with _eval_mode(engine):
         for _ in range(iters):
             if run.is_pipe:
                 total += float(engine.eval_batch(data_iter=data))
@@ -75,8 +85,6 @@ def eval_loss(run: Any, data: Iterator[tuple], iters: int) -> float:
                 inputs, labels = next(data)
                 acc += run.loss_fn(engine(inputs), labels).float()
             total += float(_mean_over(acc / accum, run.groups.dp.group, run.groups.dp.size))
-    finally:
-        engine.train()
     return total / max(iters, 1)
 
 
@@ -93,17 +101,13 @@ def _fixed_batch(run: Any) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor
     return inputs, labels
 
 
-@torch.no_grad()
 def fixed_batch_loss(run: Any) -> float:
     """Loss of the model on `_fixed_batch`, in eval mode (no dropout), on every rank."""
     batch = _fixed_batch(run)
     engine = run.engine
-    engine.eval()
-    try:
+    with _eval_mode(engine):
         if run.is_pipe:
             copies = iter([batch] * engine.gradient_accumulation_steps())
             return float(engine.eval_batch(data_iter=copies))
         inputs, labels = batch
         return float(run.loss_fn(engine(inputs), labels))
-    finally:
-        engine.train()
