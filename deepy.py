@@ -47,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     for line in plan_lines(args):
         print(f"deepy.py: {line}")
     sys.stdout.flush()
-    from megatron.launch import LaunchError, export_env, redact, runner_argv, worker_exports
+    from megatron.launch import (
+        LaunchError,
+        allocator_env,
+        export_env,
+        redact,
+        runner_argv,
+        worker_exports,
+    )
 
     try:
         argv = runner_argv(args, user_script, args.to_worker_argv())
@@ -56,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from deepspeed.launcher import runner
 
+    os.environ.update(allocator_env(os.environ))  # inherited by the local workers too
     exports = worker_exports(os.environ)
     export_env(runner.EXPORT_ENVS, exports)
     if exports:

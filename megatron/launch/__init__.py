@@ -4,6 +4,7 @@ Pure Python: nothing here imports torch or DeepSpeed, so ``deepy.py`` can check 
 settings before it loads either. Typical use in ``deepy.py``::
 
     argv = runner_argv(args, "train.py", worker_args)
+    os.environ.update(allocator_env(os.environ))  # malloc keeps large blocks (allocator.py)
     export_env(deepspeed.launcher.runner.EXPORT_ENVS, worker_exports(os.environ))
     deepspeed.launcher.runner.main(argv)
 
@@ -13,6 +14,7 @@ and in each worker, before ``deepspeed.init_distributed()``::
                                       master_port=args.master_port, hostfile=args.hostfile))
 """
 
+from megatron.launch.allocator import WORKER_MALLOC_TUNABLES, allocator_env
 from megatron.launch.errors import LaunchError
 from megatron.launch.exports import (
     WORKER_ENV_PREFIXES,
@@ -37,9 +39,11 @@ __all__ = [
     "LAUNCHERS",
     "RANK_SCHEMES",
     "WORKER_ENV_PREFIXES",
+    "WORKER_MALLOC_TUNABLES",
     "LaunchError",
     "LaunchSettings",
     "Launcher",
+    "allocator_env",
     "distributed_env",
     "expand_slurm_hostlist",
     "export_env",

@@ -21,7 +21,8 @@ from megatron.launch.errors import LaunchError
 logger = logging.getLogger(__name__)
 
 # Prefixes of variables a worker needs beyond DeepSpeed's own list: the W&B key and mode,
-# HF caches/offline switches, torch/JIT-op caches, thread counts and comm-library tuning.
+# HF caches/offline switches, torch/JIT-op caches, thread counts, comm-library tuning and
+# the malloc settings of allocator.py.
 WORKER_ENV_PREFIXES: tuple[str, ...] = (
     "WANDB_",
     "HF_",
@@ -36,6 +37,7 @@ WORKER_ENV_PREFIXES: tuple[str, ...] = (
     "CUDA_HOME",
     "CUDA_LAUNCH_BLOCKING",
     "LD_LIBRARY_PATH",
+    "GLIBC_TUNABLES",
 )
 
 # Set per node or per rank by the launcher itself; a copy of the head node's value is wrong.

@@ -21,9 +21,12 @@ import torch
 import torch.distributed as dist
 
 from megatron.parallel.groups import Group
+from megatron.utils.gemm import upcast_dtype
 
-DEFAULT_CHUNK_TOKENS = 256
-"""Tokens per chunk: 256 x 50k fp32 logits is ~50 MB; 256 measured faster than 512 or 1024."""
+DEFAULT_CHUNK_TOKENS = 1024
+"""Tokens per chunk: 1024 x 50k fp32 logits is ~200 MB. On 2 CPU cores the head's three GEMMs
+ran ~10% faster than with 256 (the [256, 50k] products are too thin to reach the GEMM peak)
+and 2048 was no faster (tools/benchmark.py, 19M and pythia-70m shapes)."""
 
 
 def _all_reduce(x: torch.Tensor, tp: Group, op: Any = None) -> None:
@@ -61,26 +64,12 @@ def _chunk_loss_and_grad(x: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     return loss, probs
 
 
-def native_bf16_gemm(device: torch.device) -> bool:
-    """Whether bf16 matmuls are fast here: always on GPUs; on CPUs only with AVX512-BF16 or
-    AMX. Without them torch's bf16 GEMM is a slow fallback (1.8 GFLOP/s against 55 for fp32
-    on one AVX2 core, measured for this head's shapes)."""
-    if device.type != "cpu":
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The matmul dtype: autocast's when it is on (bf16 with fp32 master weights), else x's;
     fp32 instead of bf16 where bf16 GEMMs are slow (more precise, never less)."""
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-    if dtype == torch.bfloat16 and not native_bf16_gemm(x.device):
-        return torch.float32
-    return dtype
+    return upcast_dtype(dtype, x.device) or dtype
 
 
 class _FusedHeadCrossEntropy(torch.autograd.Function):

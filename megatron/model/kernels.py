@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from megatron.model.errors import ModelSpecError
 from megatron.model.registry import Registry
+from megatron.utils.gemm import upcast_dtype
 
 Kernel = Callable[..., torch.Tensor]
 ATTENTION_KERNELS: Registry[Kernel] = Registry("attention kernel")
@@ -77,8 +78,14 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
     A plain causal mask uses the fast ``is_causal`` path; a bias or a window becomes an
     additive float mask. ``coeff`` and ``softmax_fp32`` change nothing here: the fused
-    kernel already accumulates the softmax in fp32.
+    kernel already accumulates the softmax in fp32. bf16 inputs run in fp32 on CPUs without
+    bf16 GEMMs (``megatron.utils.gemm``).
     """
+    upcast = upcast_dtype(q.dtype, q.device)
+    if upcast is not None:  # no bf16 GEMM on this CPU: same arithmetic on the fp32 units
+        out = sdpa_attention(q.to(upcast), k.to(upcast), v.to(upcast), bias=bias,
+                             causal=causal, window=window, scale=scale, dropout_p=dropout_p)
+        return out.to(q.dtype)
     sq, sk = q.shape[-2], k.shape[-2]
     if bias is None and window is None and (sq == sk or not causal):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,

@@ -39,6 +39,7 @@ from megatron.parallel.mappings import (
     scatter_to_tp,
     split_along,
 )
+from megatron.utils.gemm import linear
 
 InitMethod = Callable[[torch.Tensor], Any]
 """Fills a full (unsharded) tensor in place, like the ``torch.nn.init`` functions."""
@@ -124,7 +125,7 @@ class ColumnParallelLinear(nn.Module):
         else:
             x = copy_to_tp(x, self.tp)
         bias = None if self.skip_bias_add else self.bias
-        out = F.linear(x, self.weight, bias)  # [..., out/tp]
+        out = linear(x, self.weight, bias)  # [..., out/tp]
         if self.gather_output:
             out = gather_from_tp(out, self.tp)  # [..., out]
         return (out, self.bias) if self.skip_bias_add else out
@@ -159,7 +160,7 @@ class RowParallelLinear(nn.Module):
         """Returns the output, or ``(output, bias)`` when ``skip_bias_add``."""
         if not self.input_is_parallel:
             x = scatter_to_tp(x, self.tp)
-        partial = F.linear(x, self.weight)  # [..., out], this rank's share of the sum
+        partial = linear(x, self.weight)  # [..., out], this rank's share of the sum
         if self.sequence_parallel:
             out = reduce_scatter_to_sequence_parallel(partial, self.tp)  # [b, s/tp, out]
         else:

@@ -28,12 +28,10 @@ def global_grad_norm(
     params: Iterable[torch.nn.Parameter], tp_rank: int, model_group: object | None
 ) -> torch.Tensor:
     """L2 norm of all gradients of one model replica (summed over pipe x tensor ranks)."""
-    squares = [
-        p.grad.detach().float().pow(2).sum()
-        for p in params
-        if p.grad is not None and counted_once(p, tp_rank)
-    ]
-    total = torch.stack(squares).sum() if squares else torch.zeros(())
+    grads = [p.grad.detach() for p in params if p.grad is not None and counted_once(p, tp_rank)]
+    # One multi-tensor pass (fp32 accumulation) instead of a pow and a sum per parameter.
+    total = (torch.nn.utils.get_total_norm(grads).float() ** 2 if grads
+             else torch.zeros((), dtype=torch.float32))
     if model_group is not None and dist.is_initialized():
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=model_group)
     return total.sqrt()
@@ -41,7 +39,5 @@ def global_grad_norm(
 
 def clip_grads_(params: Iterable[torch.nn.Parameter], max_norm: float, norm: torch.Tensor) -> None:
     """Scale every gradient by min(1, max_norm / norm), in place."""
-    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    for p in params:
-        if p.grad is not None:
-            p.grad.detach().mul_(coef.to(p.grad.device, p.grad.dtype))
+    # torch's multi-tensor clip: the same min(1, max_norm / (norm + 1e-6)) in one pass.
+    torch.nn.utils.clip_grads_with_norm_(list(params), max_norm, norm)

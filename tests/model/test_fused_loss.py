@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megatron.model import build_model
-from megatron.model.fused_loss import fused_head_cross_entropy, native_bf16_gemm
+from megatron.model.fused_loss import fused_head_cross_entropy
 from megatron.parallel import ParallelLayout, ProcessGroups
 from megatron.parallel.cross_entropy import vocab_parallel_cross_entropy
 from tests.distributed import run_distributed
@@ -144,6 +144,3 @@ def test_bf16_weights_keep_their_dtype_and_stay_close() -> None:
     torch.testing.assert_close(wb.grad.float(), w1.grad, atol=1e-2, rtol=5e-2)
     torch.testing.assert_close(xb.grad.float(), x1.grad, atol=1e-2, rtol=5e-2)
 
-
-def test_gpus_count_as_native_bf16() -> None:
-    assert native_bf16_gemm(torch.device("cuda"))
