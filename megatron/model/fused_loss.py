@@ -99,6 +99,7 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
                     torch.matmul(g, w, out=grad_x[start:end])
                 if grad_w is not None:
                     grad_w.addmm_(grad_logits.t(), x_c.float())  # fp32 GEMM
+                del g, grad_logits  # free this chunk's logits before the next one's exist
         ctx.grads = (None if grad_x is None else grad_x.to(x.dtype),
                      None if grad_w is None else grad_w.to(weight.dtype))
         return total
@@ -107,11 +108,11 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         grad_x, grad_w = ctx.grads
         ctx.grads = None
+        # These buffers are ours alone: scale them in place (no second [V, h] copy).
         scale = grad_out.to(torch.float32)
-        if grad_x is not None:
-            grad_x = grad_x * scale.to(grad_x.dtype)
-        if grad_w is not None:
-            grad_w = grad_w * scale.to(grad_w.dtype)
+        for grad in (grad_x, grad_w):
+            if grad is not None:
+                grad.mul_(scale.to(grad.dtype))
         return grad_x, grad_w, None, None, None, None
 
 
