@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for warning in performance_fallbacks(args):
         print(f"deepy.py: warning: {warning}", file=sys.stderr)
-    from megatron.training.plan import plan_lines
+    from megatron.training.plan import launch_nodes, plan_lines
 
     for line in plan_lines(args):
         print(f"deepy.py: {line}")
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         export_env,
         redact,
         runner_argv,
+        thread_env,
         worker_exports,
     )
 
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     from deepspeed.launcher import runner
 
     os.environ.update(allocator_env(os.environ))  # inherited by the local workers too
+    per_node = -(-args.global_num_gpus // launch_nodes(args))
+    os.environ.update(thread_env(os.environ, per_node))  # cores shared, not oversubscribed
     exports = worker_exports(os.environ)
     export_env(runner.EXPORT_ENVS, exports)
     if exports:

@@ -2,20 +2,33 @@
 
     python tools/benchmark.py [--quick] [--configs 19M pythia-70m] [--precisions fp32 bf16]
                               [--steps N] [--repeats R] [--threads T] [--no-fused-loss]
+                              [--path engine|deepy] [--json FILE]
 
-For each config (``configs/bench/<name>.yml``) and precision, the two sides run alternately
-(``ours``, ``hf``, then ``hf``, ``ours``, ...) so machine noise hits both. Every measurement is
-a fresh subprocess, so peak RSS (``getrusage``) belongs to one side only.
+For each config (``configs/bench/<name>.yml``) and precision, the sides run alternately (each
+round starts one side later: ``ours``, ``hf``, then ``hf``, ``ours``, ...) so machine noise
+hits all of them. Every measurement is a fresh process tree, so peak RSS belongs to one side.
 
-- ours: the real engine path, ``megatron.training.engine.build_run`` (DeepSpeed engine, one
-  process) and ``megatron.training.step.train_step``; bf16 is DeepSpeed's bf16 mode (bf16
-  weights, fp32 master weights in the optimizer).
+- ours (``--path engine``, the default): the engine built in-process,
+  ``megatron.training.engine.build_run`` (DeepSpeed engine, one process) and
+  ``megatron.training.step.train_step`` over random batches; bf16 is DeepSpeed's bf16 mode
+  (bf16 weights, fp32 master weights in the optimizer).
+- ours-1p, ours-2p (``--path deepy``): ``./deepy.py train.py`` launched for real (see
+  tools/benchmark_deepy.py) on a random-token ``.bin/.idx`` corpus, as 1 process with
+  ``--threads`` torch threads and as 2 data-parallel processes with ``--threads // 2`` each
+  and the same global batch. Step time, data-wait share and peak RSS (summed over ranks) are
+  the trainer's own ``metrics.jsonl`` values; warm-up iterations are left out. Setup is the
+  wall time from starting deepy until the training loop started. There is no per-step CPU
+  time, so tokens per CPU-second stays empty.
 - hf: ``transformers.GPTNeoXForCausalLM`` (SDPA attention) and ``torch.optim.AdamW`` in a
-  plain loop with gradient clipping; bf16 is ``torch.autocast`` over fp32 weights.
+  plain loop with gradient clipping, one process with ``--threads`` threads; bf16 is
+  ``torch.autocast`` over fp32 weights.
 
-Both get the same random tokens. Reported per side: tokens/s (median step), MFU (exact model
-FLOPs from ``megatron.model.flops`` over the GEMM peak measured in this run), peak RSS, the
-share of step time spent waiting for data, and the ratios ours/HF.
+All get uniform random tokens. Reported per side: tokens/s (median step), MFU, peak RSS, the
+share of step time spent waiting for data, and the ratios of each ``ours`` side over HF.
+MFU is the exact model FLOPs of one step (``megatron.model.flops``, global batch) over the
+median step time over the GEMM peak measured in this run with ``--threads`` threads. That peak
+is the whole machine's, so it is the denominator for 2 processes (1 thread each) as for 1:
+MFU then compares the use of the same cores, not of one process's share.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,9 +53,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python tools/benchmark.py`
     sys.path.insert(0, str(ROOT))
 
+try:
+    from tools import benchmark_deepy
+except ImportError:  # run as `python tools/benchmark.py`, or with tools/ on sys.path
+    import benchmark_deepy  # type: ignore[no-redef]
+
 CONFIG_DIR = ROOT / "configs" / "bench"
 RESULT_TAG = "BENCH_RESULT "
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+SIDES = {"engine": ("ours", "hf"), "deepy": ("ours-1p", "ours-2p", "hf")}
+DEEPY_PROCESSES = {"ours-1p": 1, "ours-2p": 2}
 
 
 @dataclass(frozen=True)
@@ -49,23 +70,25 @@ class Measurement:
     """One side's run of one config: per-step wall, CPU and data-wait seconds, peak RSS.
 
     CPU seconds (all threads of the process) are reported next to wall time because on a
-    shared machine the wall time also measures the neighbours.
+    shared machine the wall time also measures the neighbours; deepy runs have none (empty).
     """
 
     side: str
     step_s: list[float]
     data_s: list[float]
     peak_rss_mb: float
-    setup_s: float
+    setup_s: float | None
     cpu_s: list[float]
+    truncated: bool = False
+    """A step ran past ``--step-limit`` and was cut off: its time is a lower bound."""
 
     @property
     def median_step_s(self) -> float:
         return statistics.median(self.step_s)
 
     @property
-    def median_cpu_s(self) -> float:
-        return statistics.median(self.cpu_s)
+    def median_cpu_s(self) -> float | None:
+        return statistics.median(self.cpu_s) if self.cpu_s else None
 
     @property
     def data_fraction(self) -> float:
@@ -73,24 +96,29 @@ class Measurement:
 
 
 def model_flops_utilisation(flops_per_step: float, step_s: float, peak_flops: float) -> float:
-    """Achieved model FLOP/s over the measured GEMM peak FLOP/s (one process)."""
+    """Achieved model FLOP/s over the measured GEMM peak FLOP/s (of all the threads used)."""
     return flops_per_step / step_s / peak_flops
 
 
-def alternation(repeats: int) -> list[str]:
-    """Side order over ``repeats`` rounds: ours, hf, hf, ours, ... (each side first as often)."""
+def alternation(repeats: int, sides: tuple[str, ...] = ("ours", "hf")) -> list[str]:
+    """Side order over ``repeats`` rounds, each round rotated by one: ours, hf, hf, ours, ...
+
+    Over any ``len(sides)`` consecutive rounds every side comes first once.
+    """
     order: list[str] = []
     for r in range(repeats):
-        order += ["ours", "hf"] if r % 2 == 0 else ["hf", "ours"]
+        shift = r % len(sides)
+        order += list(sides[shift:] + sides[:shift])
     return order
 
 
 def merge(runs: list[Measurement]) -> Measurement:
     """Pool the steps of one side's repeated runs; peak RSS is the largest seen."""
+    setups = [r.setup_s for r in runs if r.setup_s is not None]
     return Measurement(runs[0].side, [s for r in runs for s in r.step_s],
-                       [s for r in runs for s in r.data_s],
-                       max(r.peak_rss_mb for r in runs), statistics.median(r.setup_s for r in runs),
-                       [s for r in runs for s in r.cpu_s])
+                       [s for r in runs for s in r.data_s], max(r.peak_rss_mb for r in runs),
+                       statistics.median(setups) if setups else None,
+                       [s for r in runs for s in r.cpu_s], any(r.truncated for r in runs))
 
 
 # ---------------------------------------------------------------- worker side (subprocess)
@@ -112,22 +140,6 @@ def random_batches(batch: int, seq: int, vocab: int, seed: int = 0) -> Iterator[
     while True:
         text = torch.randint(0, vocab, (batch, seq + 1), generator=gen)
         yield (text[:, :-1], position_ids), (text[:, 1:], mask)
-
-
-class TimedIterator:
-    """Wraps an iterator and adds up the seconds spent in ``next``."""
-
-    def __init__(self, inner: Iterator[Any]) -> None:
-        self.inner, self.waited = inner, 0.0
-
-    def __iter__(self) -> TimedIterator:
-        return self
-
-    def __next__(self) -> Any:
-        start = time.perf_counter()
-        item = next(self.inner)
-        self.waited += time.perf_counter() - start
-        return item
 
 
 def _single_process_env() -> None:
@@ -192,9 +204,45 @@ def build_hf(args: Any, precision: str) -> Any:
     return step
 
 
+class StepLimit:
+    """Cut the worker off when one step runs past ``limit`` seconds, reporting that step's
+    time so far as a lower bound (``truncated``).
+
+    HuggingFace's bf16 autocast step takes over 10 minutes on a CPU without bf16 GEMMs
+    (``megatron/utils/gemm.py``); a lower bound is all the comparison needs there.
+    """
+
+    def __init__(self, limit: float | None, result: dict[str, Any], t0: float,
+                 c0: float) -> None:
+        self.limit, self.result, self.t0, self.c0 = limit, result, t0, c0
+        self.done = threading.Event()
+
+    def _watch(self) -> None:
+        if self.done.wait(self.limit):
+            return
+        report = {**self.result, "step_s": [time.perf_counter() - self.t0], "data_s": [0.0],
+                  "peak_rss_mb": _peak_rss_mb(), "cpu_s": [time.process_time() - self.c0],
+                  "truncated": True}
+        print(RESULT_TAG + json.dumps(report), flush=True)
+        os._exit(0)  # the step is still running in the main thread
+
+    def __enter__(self) -> None:
+        if self.limit:
+            threading.Thread(target=self._watch, daemon=True).start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def run_worker(opts: argparse.Namespace) -> dict[str, Any]:
     """Build one side, time ``warmup + steps`` optimizer steps, report as a dict."""
     import torch
+
+    from megatron.data.iterator import TimedIterator
 
     torch.set_num_threads(opts.threads)
     start = time.perf_counter()
@@ -209,13 +257,13 @@ def run_worker(opts: argparse.Namespace) -> dict[str, Any]:
     step_s, data_s, cpu_s = [], [], []
     for i in range(opts.warmup + opts.steps):
         waited, t0, c0 = data.waited, time.perf_counter(), time.process_time()
-        step(data)
+        with StepLimit(opts.step_limit, {"side": opts.worker, "setup_s": setup}, t0, c0):
+            step(data)
         if i >= opts.warmup:
             step_s.append(time.perf_counter() - t0)
             cpu_s.append(time.process_time() - c0)
             data_s.append(data.waited - waited)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"side": opts.worker, "step_s": step_s, "data_s": data_s, "peak_rss_mb": rss_mb,
+    return {"side": opts.worker, "step_s": step_s, "data_s": data_s, "peak_rss_mb": _peak_rss_mb(),
             "setup_s": setup, "cpu_s": cpu_s}
 
 
@@ -223,10 +271,19 @@ def run_worker(opts: argparse.Namespace) -> dict[str, Any]:
 
 def measure(side: str, config: str, precision: str, opts: argparse.Namespace) -> Measurement:
     """Run one side in a fresh subprocess and parse its result line."""
+    if side in DEEPY_PROCESSES:
+        return Measurement(**benchmark_deepy.measure(
+            side, CONFIG_DIR / f"{config}.yml", DEEPY_PROCESSES[side], precision,
+            warmup=opts.warmup, steps=opts.steps, threads=opts.threads))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--config", config,
            "--precision", precision, "--steps", str(opts.steps), "--warmup", str(opts.warmup),
-           "--threads", str(opts.threads)] + (["--no-fused-loss"] if opts.no_fused_loss else [])
+           "--threads", str(opts.threads), "--step-limit", str(opts.step_limit or 0)]
+    cmd += ["--no-fused-loss"] if opts.no_fused_loss else []
     env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads), TOKENIZERS_PARALLELISM="false")
+    if side == "ours":  # the malloc settings deepy.py gives its workers
+        from megatron.launch import allocator_env
+
+        env.update(allocator_env(os.environ))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
@@ -260,47 +317,63 @@ def flops_and_tokens(config: str) -> tuple[int, int]:
 
 def row(config: str, precision: str, m: Measurement, tokens: int, flops: int,
         peak: float) -> dict[str, Any]:
-    step = m.median_step_s
+    step, cpu = m.median_step_s, m.median_cpu_s
     return {"config": config, "precision": precision, "side": m.side, "step_s": step,
-            "tokens_per_s": tokens / step, "tokens_per_cpu_s": tokens / m.median_cpu_s,
+            "tokens_per_s": tokens / step, "tokens_per_cpu_s": tokens / cpu if cpu else None,
             "mfu": model_flops_utilisation(flops, step, peak),
-            "peak_rss_mb": m.peak_rss_mb, "data_wait": m.data_fraction, "setup_s": m.setup_s}
+            "peak_rss_mb": m.peak_rss_mb, "data_wait": m.data_fraction, "setup_s": m.setup_s,
+            "truncated": m.truncated}
+
+
+def ratio(ours: dict[str, Any], hf: dict[str, Any], peak: float) -> dict[str, Any]:
+    """The ``<ours side>/hf`` row: tokens/s, tokens per CPU-second (when both have it), RSS."""
+    per_cpu = None
+    if ours["tokens_per_cpu_s"] and hf["tokens_per_cpu_s"]:
+        per_cpu = ours["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"]
+    return {"config": ours["config"], "precision": ours["precision"],
+            "side": f"{ours['side']}/hf", "tokens_per_s": ours["tokens_per_s"] / hf["tokens_per_s"],
+            "tokens_per_cpu_s": per_cpu, "peak_rss_mb": ours["peak_rss_mb"] / hf["peak_rss_mb"],
+            "peak_tflops": peak / 1e12, "at_least": hf.get("truncated", False)}
 
 
 def compare(config: str, precision: str, opts: argparse.Namespace) -> list[dict[str, Any]]:
-    """Alternate the sides, then one row per side plus the ours/HF ratios."""
+    """Alternate the sides, then one row per side plus each ours/HF ratio."""
+    sides = SIDES[opts.path]
     flops, tokens = flops_and_tokens(config)
     peak = peak_flops(precision, opts.threads)
-    runs: dict[str, list[Measurement]] = {"ours": [], "hf": []}
-    for side in alternation(opts.repeats):
+    runs: dict[str, list[Measurement]] = {side: [] for side in sides}
+    for side in alternation(opts.repeats, sides):
         runs[side].append(measure(side, config, precision, opts))
-    rows = [row(config, precision, merge(runs[s]), tokens, flops, peak) for s in ("ours", "hf")]
-    ours, hf = rows
-    rows.append({"config": config, "precision": precision, "side": "ours/hf",
-                 "tokens_per_s": ours["tokens_per_s"] / hf["tokens_per_s"],
-                 "tokens_per_cpu_s": ours["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"],
-                 "peak_rss_mb": ours["peak_rss_mb"] / hf["peak_rss_mb"],
-                 "peak_tflops": peak / 1e12})
-    return rows
+    rows = {s: row(config, precision, merge(runs[s]), tokens, flops, peak) for s in sides}
+    ratios = [ratio(rows[s], rows["hf"], peak) for s in sides if s != "hf"]
+    return list(rows.values()) + ratios
+
+
+def _cell(value: float | None, spec: str, width: int, suffix: str = "") -> str:
+    """``value`` formatted, or ``-`` when there is none, right-aligned in ``width``."""
+    text = "-" if value is None else f"{value:{spec}}{suffix}"
+    return f"{text:>{width}}"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width text table; ratio rows show tokens/s and RSS ratios."""
-    head = (f"{'config':<11} {'prec':<5} {'side':<8} {'step s':>7} {'tok/s':>8} {'MFU':>6} "
+    """A fixed-width text table; ratio rows (side ``x/hf``) show tokens/s and RSS ratios."""
+    head = (f"{'config':<11} {'prec':<5} {'side':<10} {'step s':>7} {'tok/s':>8} {'MFU':>6} "
             f"{'tok/cpu-s':>9} {'RSS MB':>8} {'data %':>6} {'setup s':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        if r["side"] == "ours/hf":
-            lines.append(f"{r['config']:<11} {r['precision']:<5} {'ours/hf':<8} {'':>7} "
-                         f"{r['tokens_per_s']:>7.2f}x {'':>6} {r['tokens_per_cpu_s']:>8.2f}x "
-                         f"{r['peak_rss_mb']:>7.2f}x "
+        start = f"{r['config']:<11} {r['precision']:<5} {r['side']:<10} "
+        if r["side"].endswith("/hf"):
+            bound = ">=" if r.get("at_least") else ""
+            lines.append(start + f"{bound:>7} {_cell(r['tokens_per_s'], '.2f', 8, 'x')} {'':>6} "
+                         f"{_cell(r['tokens_per_cpu_s'], '.2f', 9, 'x')} "
+                         f"{_cell(r['peak_rss_mb'], '.2f', 8, 'x')} "
                          f"  (GEMM peak {r['peak_tflops'] * 1e3:.1f} GFLOP/s)")
             continue
-        lines.append(f"{r['config']:<11} {r['precision']:<5} {r['side']:<8} {r['step_s']:>7.2f} "
-                     f"{r['tokens_per_s']:>8.0f} {100 * r['mfu']:>5.1f}% "
-                     f"{r['tokens_per_cpu_s']:>9.0f} "
+        cut = ">" if r.get("truncated") else ""  # a cut-off step: time at least this
+        lines.append(start + f"{cut + format(r['step_s'], '.2f'):>7} {r['tokens_per_s']:>8.0f} "
+                     f"{100 * r['mfu']:>5.1f}% {_cell(r['tokens_per_cpu_s'], '.0f', 9)} "
                      f"{r['peak_rss_mb']:>8.0f} {100 * r['data_wait']:>5.2f}% "
-                     f"{r['setup_s']:>7.1f}")
+                     f"{_cell(r['setup_s'], '.1f', 7)}")
     return "\n".join(lines)
 
 
@@ -316,11 +389,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads per process")
     p.add_argument("--quick", action="store_true", help="1 warm-up + 2 steps, 1 repeat")
     p.add_argument("--no-fused-loss", action="store_true", help="our unfused head and loss")
+    p.add_argument("--path", choices=sorted(SIDES), default="engine",
+                   help="engine: our engine built in-process; deepy: ./deepy.py train.py "
+                        "launched for real, as 1 and as 2 processes")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    p.add_argument("--step-limit", type=float, default=300.0,
+                   help="seconds after which one in-process step is cut off and reported as a "
+                        "lower bound (0: no limit)")
     p.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--precision", help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
+    if opts.path == "deepy" and opts.no_fused_loss:
+        p.error("--no-fused-loss only works with --path engine (it patches the in-process build)")
     quick = {"steps": 2, "warmup": 1, "repeats": 1}
     full = {"steps": 3, "warmup": 1, "repeats": 2}
     for key, value in (quick if opts.quick else full).items():
@@ -341,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for config in opts.configs:
         for precision in opts.precisions:
-            rows += compare(config, precision, opts)
-            print(format_table(rows[-3:]), flush=True)
+            block = compare(config, precision, opts)
+            rows += block
+            print(format_table(block), flush=True)
     print("\n" + format_table(rows))
     if opts.json is not None:
         opts.json.write_text(json.dumps(rows, indent=1))

@@ -20,6 +20,7 @@ _EXPORTS = {
     "build_train_valid_test_datasets": "megatron.data.data_utils",
     "num_samples_for": "megatron.data.data_utils",
     "make_data_iterator": "megatron.data.iterator",
+    "TimedIterator": "megatron.data.iterator",
     "get_batch": "megatron.data.batch",
 }
 

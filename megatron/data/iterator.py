@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -88,6 +89,30 @@ class _Prefetcher:
     def close(self) -> None:
         """Stop the background thread (it also stops on its own at the end of the data)."""
         self._stop.set()
+
+
+class TimedIterator:
+    """Wraps an iterator and adds up the seconds spent in ``next``.
+
+    The trainer hands this to the step (and the pipeline engine) so the time a step waits
+    for its batch is measured where it happens, prefetch queue and host-to-device copy
+    included, rather than estimated from the data pipeline's own timers.
+    """
+
+    def __init__(self, inner: Iterator[Any]) -> None:
+        self.inner = inner
+        self.waited = 0.0
+        """Seconds spent in ``next`` so far."""
+
+    def __iter__(self) -> TimedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        start = time.perf_counter()
+        try:
+            return next(self.inner)
+        finally:
+            self.waited += time.perf_counter() - start
 
 
 def make_data_iterator(

@@ -34,6 +34,7 @@ from megatron.launch.hostfile import (
 from megatron.launch.launchers import LAUNCHERS, Launcher, get_launcher
 from megatron.launch.ranks import RANK_SCHEMES, distributed_env, rank_scheme, worker_env_rank
 from megatron.launch.runner import LaunchSettings, runner_argv, settings_argv
+from megatron.launch.threads import thread_env
 
 __all__ = [
     "LAUNCHERS",
@@ -56,6 +57,7 @@ __all__ = [
     "redact",
     "runner_argv",
     "settings_argv",
+    "thread_env",
     "trim_resources",
     "worker_env_rank",
     "worker_exports",

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from megatron.data.iterator import TimedIterator
 from megatron.training import checkpointing as ckpt
 from megatron.training.reporting import StepReporter
 from megatron.training.state import TrainState, rng_state
@@ -114,15 +115,14 @@ def train(
         a.train_iters, a.checkpoint_factor, a.checkpoint_scale, a.extra_save_iters
     )
     last_saved = state.iteration
+    timed = TimedIterator(data)  # the pipeline engine draws its micro-batches through it too
     while state.iteration < a.train_iters:
         reporter.before_step(state.iteration + 1)
-        start = time.perf_counter()
-        result = train_step(run, data)
-        seconds = time.perf_counter() - start
+        result, seconds, data_seconds = timed_step(run, timed)
         state.iteration += 1
         state.consumed_samples += a.train_batch_size
         _count_skips(state, result)
-        reporter.step(state, result, seconds)
+        reporter.step(state, result, seconds, data_seconds)
         if a.eval_interval and state.iteration % a.eval_interval == 0:
             if valid_data is not None:
                 evaluate(run, state, valid_data, metrics, "validation")
@@ -137,6 +137,15 @@ def train(
     if last_saved != state.iteration:
         save(run, state)
     return state
+
+
+def timed_step(run: Any, data: TimedIterator) -> tuple[StepResult, float, float]:
+    """One `train_step`; returns its result, its wall seconds and the seconds spent in
+    `next(data)` during it (for the data-wait fraction)."""
+    waited = data.waited
+    start = time.perf_counter()
+    result = train_step(run, data)
+    return result, time.perf_counter() - start, data.waited - waited
 
 
 def _count_skips(state: TrainState, result: StepResult) -> None:

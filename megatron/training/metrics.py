@@ -38,6 +38,9 @@ TOKENS_PER_SEC = "runtime/tokens_per_sec"
 FLOPS_PER_SEC_PER_GPU = "runtime/flops_per_sec_per_gpu"
 TFLOPS_PER_PROCESS = "runtime/tflops_per_process"
 MFU = "runtime/mfu"  # fraction in [0, 1]
+DATA_WAIT_FRACTION = "runtime/data_wait_fraction"  # share of step time spent in next(data)
+PEAK_RSS = "runtime/peak_rss_mb"  # this process's peak resident set size, MiB
+PEAK_RSS_ALL_RANKS = "runtime/peak_rss_mb_all_ranks"  # the sum of PEAK_RSS over all ranks
 ELAPSED = "runtime/elapsed_seconds"
 ETA = "runtime/eta_seconds"
 VAL_LOSS = "validation/lm_loss"
@@ -61,6 +64,7 @@ def throughput_metrics(
     num_processes: int = 1,
     peak_flops_per_process: float | None = None,
     elapsed: float | None = None,
+    data_time: float | None = None,
 ) -> dict[str, float]:
     """The ``runtime/*`` values for one log line, from raw timings and sizes.
 
@@ -74,12 +78,16 @@ def throughput_metrics(
         num_processes: the world size (for per-process TFLOP/s).
         peak_flops_per_process: FLOP/s peak of one process's device; enables MFU.
         elapsed: seconds since training started; enables elapsed and ETA.
+        data_time: mean seconds per iteration spent waiting for the next batch, over the
+            same interval; enables the data-wait fraction.
     """
     out = {
         ITERATION_TIME: iteration_time,
         SAMPLES_PER_SEC: global_batch_size / iteration_time,
         TOKENS_PER_SEC: global_batch_size * seq_length / iteration_time,
     }
+    if data_time is not None:
+        out[DATA_WAIT_FRACTION] = data_time / iteration_time
     if flops_per_iteration is not None:
         per_process = tflops(flops_per_iteration, iteration_time, num_processes)
         out[TFLOPS_PER_PROCESS] = per_process
@@ -130,6 +138,8 @@ _CONSOLE_FIELDS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     (TOKENS_PER_SEC, "tokens/s", lambda v: f"{v:,.0f}"),
     (TFLOPS_PER_PROCESS, "TFLOP/s/proc", lambda v: f"{v:.3f}"),
     (MFU, "MFU", lambda v: f"{v * 100:.2f}%"),
+    (DATA_WAIT_FRACTION, "data wait", lambda v: f"{v * 100:.2f}%"),
+    (PEAK_RSS_ALL_RANKS, "peak RSS MiB (all ranks)", lambda v: f"{v:,.0f}"),
     (ELAPSED, "elapsed", _hms),
     (ETA, "ETA", _hms),
     (VAL_LOSS, "val lm_loss", lambda v: f"{v:.6E}"),

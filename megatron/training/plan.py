@@ -19,7 +19,7 @@ def _vocab(args: Any) -> int | None:
     )
 
 
-def _nodes(args: Any) -> int:
+def launch_nodes(args: Any) -> int:
     """Nodes the launch will use: from the hostfile when there is one, else `num_nodes`."""
     from pathlib import Path
 
@@ -39,7 +39,7 @@ def plan_lines(args: Any) -> list[str]:
     pp = max(args.pipe_parallel_size, 1)
     dp = args.global_num_gpus // (tp * pp)
     lines = [
-        f"processes: {args.global_num_gpus} on {_nodes(args)}"
+        f"processes: {args.global_num_gpus} on {launch_nodes(args)}"
         f" node(s); data x tensor x pipe = {dp} x {tp} x {pp}"
         f" ({'pipeline engine' if args.pipe_parallel_size >= 1 else 'plain engine'})",
         f"batch: train_batch_size {args.train_batch_size} = micro "

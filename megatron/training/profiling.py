@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
+from megatron.training.metrics import PEAK_RSS
 from megatron.utils.timers import Timers
 
 LOG = logging.getLogger(__name__)
-PEAK_RSS = "runtime/peak_rss_mb"
 
 
 class ProfilingError(ValueError):

@@ -1,7 +1,11 @@
 """What the loop reports every `log_interval`: loss, LR, grad norm, throughput and MFU.
 
 Timings are averaged over the interval, so one slow step (a checkpoint, an evaluation)
-does not make the printed tokens/s jump around.
+does not make the printed tokens/s jump around. Each log line also carries the share of
+step time spent waiting for data (rank 0's, the first pipeline stage, which loads the
+inputs) and the peak resident memory, of this process and summed over all ranks: the
+sum is one all_reduce per log line, so every rank must call `StepReporter.step` after
+every step, as the loop does.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from megatron.model.flops import flops_per_iteration
 from megatron.training import metrics as m
 from megatron.training.norms import NormLogger
-from megatron.training.profiling import Profiling
+from megatron.training.profiling import Profiling, peak_rss_mb
 from megatron.training.state import TrainState
 from megatron.training.step import StepResult
 from megatron.utils.throughput import resolve_peak_flops
@@ -39,6 +44,7 @@ class StepReporter:
             )
         self.started = time.perf_counter()
         self.window_seconds = 0.0
+        self.window_data_seconds = 0.0
         self.window_steps = 0
         # log_param_norm / log_grad_norm / noise scale; profile, memory_profiling, timers.
         self.norms = NormLogger.from_run(run)
@@ -58,10 +64,17 @@ class StepReporter:
         """Flush a profiler window that training ended inside of."""
         self.profiling.close()
 
-    def step(self, state: TrainState, result: StepResult, seconds: float) -> None:
-        """Record one step; log when the interval is complete (and always at iteration 1)."""
+    def step(
+        self, state: TrainState, result: StepResult, seconds: float, data_seconds: float = 0.0
+    ) -> None:
+        """Record one step; log when the interval is complete (and always at iteration 1).
+
+        `seconds` is the step's wall time, `data_seconds` the part of it spent in `next(data)`.
+        Call on every rank: a log line sums the peak RSS over ranks.
+        """
         a = self.run.args
         self.window_seconds += seconds
+        self.window_data_seconds += data_seconds
         self.window_steps += 1
         logging_now = self.will_log(state.iteration)
         extra = self.profiling.after_step(state.iteration, logging_now)
@@ -72,7 +85,8 @@ class StepReporter:
         if self.norms is not None:
             extra.update(self.norms.metrics())
         mean = self.window_seconds / self.window_steps
-        self.window_seconds, self.window_steps = 0.0, 0
+        mean_data = self.window_data_seconds / self.window_steps
+        self.window_seconds, self.window_data_seconds, self.window_steps = 0.0, 0.0, 0
         values = {
             m.LM_LOSS: result.loss,
             m.LEARNING_RATE: self.run.engine.get_lr()[0],
@@ -84,17 +98,42 @@ class StepReporter:
         scale = getattr(self.run.engine.optimizer, "cur_scale", None)
         if a.precision == "fp16" and scale is not None:
             values[m.LOSS_SCALE] = scale
-        values.update(
-            m.throughput_metrics(
-                iteration=state.iteration,
-                train_iters=a.train_iters,
-                iteration_time=mean,
-                global_batch_size=a.train_batch_size,
-                seq_length=a.seq_length,
-                flops_per_iteration=self.flops,
-                num_processes=a.global_num_gpus,
-                peak_flops_per_process=self.peak,
-                elapsed=time.perf_counter() - self.started,
-            )
-        )
+        values.update(self._runtime(state.iteration, mean, mean_data))
         self.metrics.log(state.iteration, {**values, **extra})
+
+    def _runtime(self, iteration: int, mean: float, mean_data: float) -> dict[str, float]:
+        """Throughput, MFU, data wait (from interval means) and peak RSS; one all_reduce."""
+        a = self.run.args
+        values = m.throughput_metrics(
+            iteration=iteration,
+            train_iters=a.train_iters,
+            iteration_time=mean,
+            global_batch_size=a.train_batch_size,
+            seq_length=a.seq_length,
+            flops_per_iteration=self.flops,
+            num_processes=a.global_num_gpus,
+            peak_flops_per_process=self.peak,
+            elapsed=time.perf_counter() - self.started,
+            data_time=mean_data,
+        )
+        values.update(memory_metrics(self.run.engine.device))
+        return values
+
+
+def sum_over_ranks(value: float, device: Any = "cpu") -> float:
+    """`value` summed over every rank of the default group (itself without distributed)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total.item())
+
+
+def memory_metrics(device: Any = "cpu") -> dict[str, float]:
+    """This process's peak RSS and the sum over ranks, in MiB (one all_reduce: all ranks call).
+
+    The sum is what a machine running all ranks has to hold; on several nodes it adds up
+    every node's ranks.
+    """
+    peak = peak_rss_mb()
+    return {m.PEAK_RSS: peak, m.PEAK_RSS_ALL_RANKS: sum_over_ranks(peak, device)}

@@ -1,12 +1,14 @@
-"""make_data_iterator: GPT-NeoX data-parallel order, resumption, and input checks."""
+"""make_data_iterator: GPT-NeoX data-parallel order, resumption, and input checks; TimedIterator."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
 
 from megatron.data.errors import DataError
-from megatron.data.iterator import make_data_iterator
+from megatron.data.iterator import TimedIterator, make_data_iterator
 
 
 class Numbers:
@@ -84,3 +86,17 @@ def test_bad_arguments(kwargs: dict, message: str) -> None:
     args = {"micro_batch_size": 2, "dp_rank": 0, "dp_size": 2, "consumed_samples": 0} | kwargs
     with pytest.raises(DataError, match=message):
         make_data_iterator(Numbers(10), **args)
+
+
+def _slow(n: int, seconds: float):
+    for i in range(n):
+        time.sleep(seconds)
+        yield i
+
+
+def test_timed_iterator_adds_up_the_seconds_spent_in_next() -> None:
+    timed = TimedIterator(_slow(3, 0.05))
+    assert next(timed) == 0 and timed.waited >= 0.05
+    assert list(timed) == [1, 2]
+    assert 0.15 <= timed.waited < 1.0
+    assert TimedIterator(iter([])).waited == 0.0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.launch import LAYOUTS, train_losses
+from tests.e2e.launch import LAYOUTS, read_metrics, train_losses
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -36,6 +36,21 @@ def test_layout_matches_single_process(runs: dict[str, Path], name: str) -> None
     losses = train_losses(runs[name])
     for it in range(1, 6):
         assert abs(losses[it] - reference[it]) <= LOSS_TOLERANCE, (it, losses[it], reference[it])
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_data_wait_and_peak_rss_are_logged(runs: dict[str, Path], name: str) -> None:
+    records = [r for r in read_metrics(runs[name]) if r.get("lm_loss") is not None]
+    assert len(records) == 20
+    processes = LAYOUTS[name]["num_gpus"]
+    for r in records:
+        # A prefetching iterator over a tiny model's batches: waits are short but not zero.
+        assert 0.0 < r["data_wait_fraction"] < 0.5, r
+        assert r["peak_rss_mb"] > 100.0, r  # torch alone is more than that
+        # Summed over ranks: each rank holds about as much as rank 0.
+        total = r["peak_rss_mb_all_ranks"]
+        assert 0.5 * processes * r["peak_rss_mb"] < total < 2.0 * processes * r["peak_rss_mb"]
+    assert records[-1]["peak_rss_mb"] >= records[0]["peak_rss_mb"]
 
 
 def _checkpoint_files(workdir: Path, step: int) -> set[str]:

@@ -77,7 +77,9 @@ def test_profile_window_trace_timers_and_peak_rss(single: tuple[Path, list]) -> 
     assert traces == ["rank0_iters2-3.pt.trace.json"]
     by_iter = {m["iteration"]: m for m in metrics}
     assert all(by_iter[i]["timers/forward"] > 0 for i in (1, 2, 3, 4))
-    assert by_iter[3]["peak_rss_mb"] > 0 and by_iter[2].get("peak_rss_mb") is None
+    # Every log line carries the peak RSS; memory_profiling on CPU reports the same number.
+    assert all(by_iter[i]["peak_rss_mb"] > 0 for i in (1, 2, 3, 4))
+    assert by_iter[3]["peak_rss_mb"] <= by_iter[4]["peak_rss_mb"]
 
 
 def test_tp2_norms_match_the_single_process_run(

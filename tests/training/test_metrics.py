@@ -190,6 +190,16 @@ def test_throughput_metrics_hand_computed() -> None:
     }
 
 
+def test_data_wait_fraction_is_data_time_over_iteration_time() -> None:
+    out = throughput_metrics(iteration=1, train_iters=2, iteration_time=0.5,
+                             global_batch_size=8, seq_length=64, data_time=0.01)
+    assert out["runtime/data_wait_fraction"] == pytest.approx(0.02)
+    assert "runtime/data_wait_fraction" not in throughput_metrics(
+        iteration=1, train_iters=2, iteration_time=0.5, global_batch_size=8, seq_length=64)
+    line = ConsoleSink().format(1, {**out, "runtime/peak_rss_mb_all_ranks": 2345.6})
+    assert line.endswith("| data wait 2.00% | peak RSS MiB (all ranks) 2,346")
+
+
 def test_redact_drops_credentials_at_any_depth() -> None:
     cfg = {"lr": 1, "WANDB_API_KEY": "x", "hf_token": "y", "d": {"password": "z", "k": 2}}
     assert redact(cfg) == {"lr": 1, "d": {"k": 2}}

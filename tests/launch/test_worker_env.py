@@ -1,4 +1,5 @@
-"""The malloc settings deepy.py gives its workers (megatron/launch/allocator.py)."""
+"""What deepy.py sets in its workers' environment: malloc tunables (allocator.py) and the
+torch thread count (threads.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import deepspeed.launcher.runner as ds_runner
 import pytest
 
 import deepy
-from megatron.launch import WORKER_MALLOC_TUNABLES, allocator_env, worker_exports
+from megatron.launch import WORKER_MALLOC_TUNABLES, allocator_env, thread_env, worker_exports
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,17 +56,38 @@ def test_tunables_stop_large_tensors_from_faulting_in_again() -> None:
     assert tuned < default / 10
 
 
-def test_deepy_hands_the_tunables_to_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: dict[str, str | None] = {}
+def test_workers_share_the_cores_unless_the_user_set_threads() -> None:
+    assert thread_env({}, workers_per_node=2, cores=2) == {"OMP_NUM_THREADS": "1"}
+    assert thread_env({}, workers_per_node=4, cores=16) == {"OMP_NUM_THREADS": "4"}
+    assert thread_env({}, workers_per_node=8, cores=2) == {"OMP_NUM_THREADS": "1"}
+    assert thread_env({}, workers_per_node=1, cores=2) == {}  # torch's default is right
+    assert thread_env({"OMP_NUM_THREADS": "2"}, workers_per_node=2, cores=2) == {}
+
+
+def _deepy_environment(monkeypatch: pytest.MonkeyPatch, configs: list[str]) -> dict[str, str]:
+    """Run deepy.main with DeepSpeed's runner replaced; return what the runner would pass on."""
+    seen: dict[str, str] = {}
 
     def fake_runner(argv: list[str]) -> int:
-        seen["env"] = os.environ.get("GLIBC_TUNABLES")
-        seen["exported"] = str(any("GLIBC_TUNABLES".startswith(e) for e in ds_runner.EXPORT_ENVS))
+        for key in ("GLIBC_TUNABLES", "OMP_NUM_THREADS"):
+            if key in os.environ and any(key.startswith(e) for e in ds_runner.EXPORT_ENVS):
+                seen[key] = os.environ[key]
         return 0
 
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    for key in ("GLIBC_TUNABLES", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(ds_runner, "main", fake_runner)
     monkeypatch.setattr(ds_runner, "EXPORT_ENVS", list(ds_runner.EXPORT_ENVS))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert deepy.main(["train.py", *configs]) == 0
+    return seen
+
+
+def test_deepy_hands_tunables_and_threads_to_the_workers(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = str(REPO / "configs" / "bench" / "19M.yml")
-    assert deepy.main(["train.py", config]) == 0
-    assert seen == {"env": WORKER_MALLOC_TUNABLES, "exported": "True"}
+    assert _deepy_environment(monkeypatch, [config]) == {"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES}
+    two = tmp_path / "two.yml"
+    two.write_text("num_gpus: 2\n")
+    assert _deepy_environment(monkeypatch, [config, str(two)]) == {
+        "GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES, "OMP_NUM_THREADS": "2"}  # 4 cores / 2
