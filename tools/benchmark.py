@@ -332,7 +332,9 @@ def ratio(ours: dict[str, Any], hf: dict[str, Any], peak: float) -> dict[str, An
         per_cpu = ours["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"]
     return {"config": ours["config"], "precision": ours["precision"],
             "side": f"{ours['side']}/hf", "tokens_per_s": ours["tokens_per_s"] / hf["tokens_per_s"],
-            "tokens_per_cpu_s": per_cpu, "peak_rss_mb": ours["peak_rss_mb"] / hf["peak_rss_mb"],
+            "tokens_per_cpu_s": per_cpu,
+            # A cut-off run never reached its peak memory: no RSS ratio then.
+            "peak_rss_mb": None if hf.get("truncated") else ours["peak_rss_mb"] / hf["peak_rss_mb"],
             "peak_tflops": peak / 1e12, "at_least": hf.get("truncated", False)}
 
 

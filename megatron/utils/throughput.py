@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from megatron.utils.gemm import upcast_dtype
 from megatron.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -106,7 +107,8 @@ def measure_peak_flops(
     nearest we can measure to its real limit.
 
     Args:
-        dtype: the training dtype (bf16 and fp32 peaks differ a lot on most hardware).
+        dtype: the training dtype (bf16 and fp32 peaks differ a lot on most hardware); bf16
+            where the CPU has no bf16 GEMM probes fp32, the units that do the work.
         size: side of the square matrices.
         seconds: how long to time the probe.
         device: ``"cpu"`` or ``"cuda[:N]"``.
@@ -116,6 +118,9 @@ def measure_peak_flops(
         FLOP/s (not TFLOP/s).
     """
     _check_positive(size=size, seconds=seconds)
+    # bf16 on a CPU without bf16 GEMMs runs on the fp32 units (megatron.utils.gemm): that is
+    # the peak its matmuls can reach, not torch's slow bf16 fallback.
+    dtype = upcast_dtype(dtype, torch.device(device)) or dtype
     path = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
     path = path / CACHE_FILE
     key = _cache_key(dtype, size, device)

@@ -90,6 +90,7 @@ def test_a_cut_off_side_is_a_bound_in_rows_ratios_and_table() -> None:
     assert [r["truncated"] for r in rows] == [False, True]
     ratio = benchmark.ratio(rows[0], rows[1], 1e12)
     assert ratio["at_least"] and ratio["tokens_per_s"] == pytest.approx(30.0)
+    assert ratio["peak_rss_mb"] is None  # the cut-off side never reached its peak
     lines = benchmark.format_table([*rows, ratio]).splitlines()
     assert ">300.00" in lines[3] and ">" not in lines[2]
     assert ">=" in lines[4] and "30.00x" in lines[4]

@@ -51,3 +51,16 @@ def test_probe_counts_two_flops_per_multiply_add(monkeypatch: pytest.MonkeyPatch
 def test_configured_peak_overrides_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(throughput, "measure_peak_flops", lambda *a, **k: pytest.fail("probed"))
     assert resolve_peak_flops(312.0) == pytest.approx(312e12)
+
+
+def test_bf16_peak_is_the_fp32_units_where_the_cpu_has_no_bf16(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from megatron.utils import gemm
+
+    probed = []
+    monkeypatch.setattr(throughput, "_time_gemm", lambda dtype, *rest: probed.append(dtype) or 1e9)
+    monkeypatch.setattr(gemm, "_cpu_has_bf16_gemm", lambda: False)
+    throughput.measure_peak_flops(torch.bfloat16, cache_dir=tmp_path)
+    monkeypatch.setattr(gemm, "_cpu_has_bf16_gemm", lambda: True)
+    throughput.measure_peak_flops(torch.bfloat16, cache_dir=tmp_path)
+    assert probed == [torch.float32, torch.bfloat16]
