@@ -49,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     from megatron.launch import (
         LaunchError,
-        allocator_env,
         export_env,
         redact,
         runner_argv,
@@ -64,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from deepspeed.launcher import runner
 
-    os.environ.update(allocator_env(os.environ))  # inherited by the local workers too
     per_node = -(-args.global_num_gpus // launch_nodes(args))
     os.environ.update(thread_env(os.environ, per_node))  # cores shared, not oversubscribed
     exports = worker_exports(os.environ)

@@ -1,23 +1,27 @@
-"""glibc malloc settings for the workers: keep large tensors' memory instead of unmapping it.
+"""glibc malloc settings that keep large tensors' memory instead of unmapping it (opt-in).
 
 PyTorch's CPU tensors come from ``malloc``. glibc serves every block above its mmap threshold
 (at most 32 MiB by default) with a fresh ``mmap`` and gives it back with ``munmap`` when freed,
 so each step's large activations, logits and gradients are page-faulted in again, 4 KiB at a
-time. On the project's 2-core VMs that was 5-20% of a training step (a 206 MB tensor copy:
-109 ms, of which ~95 ms page faults). Two glibc tunables remove it:
+time (a 206 MB tensor copy on the project's 2-core VMs: 109 ms, of which ~95 ms page faults).
+:data:`WORKER_MALLOC_TUNABLES` removes that:
 
 - ``mmap_threshold``: serve large blocks from the heap, which is reused between steps;
-- ``trim_threshold``: do not return the heap's free top to the kernel after each step.
+- ``trim_threshold``: do not return the heap's free top to the kernel after each step;
+- ``hugetlb=1``: back the heap with transparent huge pages. Without it the first two help only
+  in some processes (about half, measured: the heap cannot always grow in place), with it
+  every process re-faults a 128 MiB block in at most 64 huge pages instead of 32768 pages.
 
-``glibc.malloc.hugetlb=1`` (transparent huge pages for malloc) was measured too and left out:
-alone it made steps ~10% slower (the kernel zeroes and compacts 2 MiB pages on every fault),
-and with the two above it raised the peak resident size by a further ~10%.
+Measured on the 19M bench shape (tools/benchmark.py, 2 cores, interleaved runs): steps about
+5% faster, peak resident size about 15% larger (2.63 GB without, 2.95-3.14 GB with), because
+freed memory stays with the process and the heap fragments. The issue's memory target
+(0.6x HuggingFace's peak) holds without it and not with it, so it is not the default:
+``deepy.py`` passes ``GLIBC_TUNABLES`` on to its workers when you set it, e.g.::
 
-The price is that freed memory stays with the process until it exits, and heap fragmentation
-raises the peak resident size, usually by 3-8% (19M bench shape: 2.63 GB without, 2.71-2.83
-GB with, once 3.22 GB; ``tools/benchmark.py``). ``deepy.py`` sets these for its workers
-unless ``GLIBC_TUNABLES`` is already set: set it yourself (an empty value turns this off) to
-choose otherwise. Other C libraries ignore it.
+    export GLIBC_TUNABLES=$(python -c "import megatron.launch as m
+    print(m.WORKER_MALLOC_TUNABLES)")
+
+Other C libraries ignore the variable; glibc older than 2.35 ignores ``hugetlb``.
 """
 
 from __future__ import annotations
@@ -26,14 +30,16 @@ from collections.abc import Mapping
 
 GLIBC_TUNABLES = "GLIBC_TUNABLES"
 WORKER_MALLOC_TUNABLES = ":".join((
+    "glibc.malloc.hugetlb=1",
     f"glibc.malloc.mmap_threshold={2**31 - 1}",
     f"glibc.malloc.trim_threshold={2**34}",
 ))
-"""The value workers get: mmap only above 2 GiB, trim only above 16 GiB of free heap top."""
+"""mmap only above 2 GiB, trim only above 16 GiB of free heap top, huge pages for the heap."""
 
 
-def allocator_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The variables to add to ``environ`` for the workers: none if the user chose already."""
-    if GLIBC_TUNABLES in environ:
+def allocator_env(environ: Mapping[str, str], enabled: bool = True) -> dict[str, str]:
+    """``{"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES}`` to add to ``environ`` when ``enabled``
+    and the user has not set the variable already; else nothing."""
+    if not enabled or GLIBC_TUNABLES in environ:
         return {}
     return {GLIBC_TUNABLES: WORKER_MALLOC_TUNABLES}

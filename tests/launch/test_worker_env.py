@@ -1,5 +1,5 @@
-"""What deepy.py sets in its workers' environment: malloc tunables (allocator.py) and the
-torch thread count (threads.py)."""
+"""Workers' environment: the opt-in malloc tunables (allocator.py) and the torch thread count
+deepy.py sets (threads.py)."""
 
 from __future__ import annotations
 
@@ -39,17 +39,19 @@ def _second_allocation_faults(tunables: str | None) -> int:
     return int(out.split()[-1])
 
 
-def test_workers_get_the_tunables_unless_the_user_set_them() -> None:
+def test_tunables_only_when_enabled_and_not_chosen_by_the_user() -> None:
     assert allocator_env({}) == {"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES}
+    assert allocator_env({}, enabled=False) == {}
     assert allocator_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == {}
-    assert allocator_env({"GLIBC_TUNABLES": ""}) == {}  # empty: the user turned it off
+    assert allocator_env({"GLIBC_TUNABLES": ""}) == {}
     assert "GLIBC_TUNABLES" in worker_exports({"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES})
 
 
 @pytest.mark.skipif(not os.confstr("CS_GNU_LIBC_VERSION"), reason="glibc only")
 def test_tunables_stop_large_tensors_from_faulting_in_again() -> None:
     # 128 MiB is 32768 pages of 4 KiB: glibc's default unmaps the block on free and the
-    # next allocation faults every page in again; with the tunables the heap keeps it.
+    # next allocation faults every page in again; with the tunables the heap keeps it (and
+    # what it must fault in comes in 2 MiB pages).
     default = _second_allocation_faults(None)
     tuned = _second_allocation_faults(WORKER_MALLOC_TUNABLES)
     assert default > 20_000
@@ -64,7 +66,8 @@ def test_workers_share_the_cores_unless_the_user_set_threads() -> None:
     assert thread_env({"OMP_NUM_THREADS": "2"}, workers_per_node=2, cores=2) == {}
 
 
-def _deepy_environment(monkeypatch: pytest.MonkeyPatch, configs: list[str]) -> dict[str, str]:
+def _deepy_environment(monkeypatch: pytest.MonkeyPatch, configs: list[str],
+                       keep: tuple[str, ...] = ()) -> dict[str, str]:
     """Run deepy.main with DeepSpeed's runner replaced; return what the runner would pass on."""
     seen: dict[str, str] = {}
 
@@ -74,7 +77,7 @@ def _deepy_environment(monkeypatch: pytest.MonkeyPatch, configs: list[str]) -> d
                 seen[key] = os.environ[key]
         return 0
 
-    for key in ("GLIBC_TUNABLES", "OMP_NUM_THREADS"):
+    for key in {"GLIBC_TUNABLES", "OMP_NUM_THREADS"} - set(keep):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(ds_runner, "main", fake_runner)
     monkeypatch.setattr(ds_runner, "EXPORT_ENVS", list(ds_runner.EXPORT_ENVS))
@@ -83,11 +86,13 @@ def _deepy_environment(monkeypatch: pytest.MonkeyPatch, configs: list[str]) -> d
     return seen
 
 
-def test_deepy_hands_tunables_and_threads_to_the_workers(
+def test_deepy_sets_threads_and_passes_the_users_tunables_on(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = str(REPO / "configs" / "bench" / "19M.yml")
-    assert _deepy_environment(monkeypatch, [config]) == {"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES}
+    assert _deepy_environment(monkeypatch, [config]) == {}  # one worker, nothing chosen
     two = tmp_path / "two.yml"
     two.write_text("num_gpus: 2\n")
-    assert _deepy_environment(monkeypatch, [config, str(two)]) == {
-        "GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES, "OMP_NUM_THREADS": "2"}  # 4 cores / 2
+    assert _deepy_environment(monkeypatch, [config, str(two)]) == {"OMP_NUM_THREADS": "2"}
+    monkeypatch.setenv("GLIBC_TUNABLES", WORKER_MALLOC_TUNABLES)
+    assert _deepy_environment(monkeypatch, [config], keep=("GLIBC_TUNABLES",)) == {
+        "GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES}
