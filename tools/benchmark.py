@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -143,9 +141,7 @@ def random_batches(batch: int, seq: int, vocab: int, seed: int = 0) -> Iterator[
 
 
 def _single_process_env() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = benchmark_deepy.free_port()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0",
                       LOCAL_RANK="0", WORLD_SIZE="1")
 
@@ -220,8 +216,10 @@ class StepLimit:
     def _watch(self) -> None:
         if self.done.wait(self.limit):
             return
+        from megatron.training.profiling import peak_rss_mb
+
         report = {**self.result, "step_s": [time.perf_counter() - self.t0], "data_s": [0.0],
-                  "peak_rss_mb": _peak_rss_mb(), "cpu_s": [time.process_time() - self.c0],
+                  "peak_rss_mb": peak_rss_mb(), "cpu_s": [time.process_time() - self.c0],
                   "truncated": True}
         print(RESULT_TAG + json.dumps(report), flush=True)
         os._exit(0)  # the step is still running in the main thread
@@ -234,15 +232,12 @@ class StepLimit:
         self.done.set()
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def run_worker(opts: argparse.Namespace) -> dict[str, Any]:
     """Build one side, time ``warmup + steps`` optimizer steps, report as a dict."""
     import torch
 
     from megatron.data.iterator import TimedIterator
+    from megatron.training.profiling import peak_rss_mb
 
     torch.set_num_threads(opts.threads)
     start = time.perf_counter()
@@ -263,7 +258,7 @@ def run_worker(opts: argparse.Namespace) -> dict[str, Any]:
             step_s.append(time.perf_counter() - t0)
             cpu_s.append(time.process_time() - c0)
             data_s.append(data.waited - waited)
-    return {"side": opts.worker, "step_s": step_s, "data_s": data_s, "peak_rss_mb": _peak_rss_mb(),
+    return {"side": opts.worker, "step_s": step_s, "data_s": data_s, "peak_rss_mb": peak_rss_mb(),
             "setup_s": setup, "cpu_s": cpu_s}
 
 
