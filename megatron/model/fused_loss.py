@@ -34,14 +34,19 @@ def _all_reduce(x: torch.Tensor, tp: Group, op: Any = None) -> None:
         dist.all_reduce(x, op=op or dist.ReduceOp.SUM, group=tp.group)
 
 
-def _chunk_loss_and_grad(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         token_weight: torch.Tensor, tp: Group,
-                         need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Weighted loss sum of one chunk and ``d(loss sum) / d(logits)`` (or None).
+def _chunk_loss_and_grad(
+        x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, token_weight: torch.Tensor,
+        tp: Group, need_grad: bool, out: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted loss sum of one chunk, ``d(loss sum) / d(logits)`` up to a row scale, the scale.
 
-    x ``[n, h]``, weight ``[v, h]`` (this rank's rows), labels and token_weight ``[n]``.
+    x ``[n, h]``, weight ``[v, h]`` (this rank's rows), labels and token_weight ``[n]``;
+    ``out``: a buffer for the logits (reused across chunks: a fresh 200 MB tensor page-faults
+    in again each time on the CPU). The gradient of token t's row is ``scale[t] * g[t]``; the
+    caller applies the scale to the small ``[n, h]`` operands instead of this ``[n, v]`` one,
+    which saves a pass over the largest tensor of the step.
     """
-    logits = torch.matmul(x, weight.t()).float()  # [n, v]
+    logits = torch.matmul(x, weight.t(), out=out).float()  # [n, v]
     v = logits.shape[-1]
     row_max = logits.max(dim=-1).values  # [n]
     _all_reduce(row_max, tp, dist.ReduceOp.MAX)
@@ -51,17 +56,14 @@ def _chunk_loss_and_grad(x: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     local = (labels - start).masked_fill(outside, 0)
     target = logits.gather(-1, local.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
     _all_reduce(target, tp)
-    probs = logits.exp_()  # reuse the chunk's buffer
-    sum_exp = probs.sum(dim=-1)
+    exp = logits.exp_()  # reuse the chunk's buffer
+    sum_exp = exp.sum(dim=-1)
     _all_reduce(sum_exp, tp)
     loss = ((sum_exp.log() - target) * token_weight).sum()
-    if not need_grad:
-        return loss, None
-    # d loss_t / d logit_j = softmax_j - [j == label_t], times the token's weight.
-    probs.mul_((token_weight / sum_exp).unsqueeze(-1))
-    probs.scatter_add_(-1, local.unsqueeze(-1),
-                       -(token_weight * (~outside).float()).unsqueeze(-1))
-    return loss, probs
+    if need_grad:
+        # d loss_t / d logit_j = (exp_j - [j == label_t] * sum_exp) * weight_t / sum_exp.
+        exp.scatter_add_(-1, local.unsqueeze(-1), -(sum_exp * (~outside)).unsqueeze(-1))
+    return loss, exp, token_weight / sum_exp
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -70,6 +72,23 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     return upcast_dtype(dtype, x.device) or dtype
+
+
+def _add_chunk_grads(g: torch.Tensor, scale: torch.Tensor, x_c: torch.Tensor, w: torch.Tensor,
+                     grad_x: torch.Tensor | None, grad_w: torch.Tensor | None,
+                     start: int) -> None:
+    """Write the chunk's rows of ``grad_x`` and add its part of ``grad_w`` (fp32).
+
+    The gradient of the logits is ``scale[:, None] * g``; the row scale is applied to the
+    ``[n, h]`` operands (the product's rows, or ``x_c``'s rows) rather than to ``g``.
+    """
+    scale = scale.unsqueeze(-1)
+    if grad_x is not None:
+        rows = grad_x[start:start + g.shape[0]]
+        torch.matmul(g.to(rows.dtype), w, out=rows)
+        rows.mul_(scale.to(rows.dtype))
+    if grad_w is not None:
+        grad_w.addmm_(g.t(), x_c.float() * scale)  # fp32 GEMM
 
 
 class _FusedHeadCrossEntropy(torch.autograd.Function):
@@ -84,22 +103,22 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
         grad_w = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
                   if need_w else None)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
+        need_grad, buffer = need_x or need_w, None
         with torch.autocast(x.device.type, enabled=False):
             for start in range(0, x.shape[0], chunk_tokens):
                 end = min(start + chunk_tokens, x.shape[0])
                 x_c = x[start:end].to(dtype)
-                loss, grad_logits = _chunk_loss_and_grad(
+                out = None if buffer is None else buffer[: end - start]
+                loss, grad_logits, scale = _chunk_loss_and_grad(
                     x_c, w, labels[start:end], token_weight[start:end].float(), tp,
-                    need_x or need_w)
+                    need_grad, out)
                 total += loss
-                if grad_logits is None:
-                    continue
-                g = grad_logits.to(dtype)  # [n, v]
-                if grad_x is not None:
-                    torch.matmul(g, w, out=grad_x[start:end])
-                if grad_w is not None:
-                    grad_w.addmm_(grad_logits.t(), x_c.float())  # fp32 GEMM
-                del g, grad_logits  # free this chunk's logits before the next one's exist
+                if need_grad:
+                    _add_chunk_grads(grad_logits, scale, x_c, w, grad_x, grad_w, start)
+                # Reuse the product's buffer; an fp32 copy of a bf16 product is freed
+                # instead, before the next chunk's logits exist.
+                buffer = grad_logits if grad_logits.dtype == dtype else None
+                del grad_logits
         ctx.grads = (None if grad_x is None else grad_x.to(x.dtype),
                      None if grad_w is None else grad_w.to(weight.dtype))
         return total
