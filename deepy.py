@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     from megatron.launch import (
         LaunchError,
+        allocator_env,
         export_env,
         redact,
         runner_argv,
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     per_node = -(-args.global_num_gpus // launch_nodes(args))
     os.environ.update(thread_env(os.environ, per_node))  # cores shared, not oversubscribed
+    os.environ.update(allocator_env(os.environ))  # mid-sized tensors reused, not re-faulted
     exports = worker_exports(os.environ)
     export_env(runner.EXPORT_ENVS, exports)
     if exports:

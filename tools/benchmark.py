@@ -275,10 +275,10 @@ def measure(side: str, config: str, precision: str, opts: argparse.Namespace) ->
            "--threads", str(opts.threads), "--step-limit", str(opts.step_limit or 0)]
     cmd += ["--no-fused-loss"] if opts.no_fused_loss else []
     env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads), TOKENIZERS_PARALLELISM="false")
-    if side == "ours":  # opt-in malloc settings (megatron/launch/allocator.py)
+    if side == "ours":  # the malloc settings deepy.py gives its workers (launch/allocator.py)
         from megatron.launch import allocator_env
 
-        env.update(allocator_env(os.environ, enabled=opts.malloc_tunables))
+        env.update(allocator_env(os.environ))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
@@ -390,9 +390,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="engine: our engine built in-process; deepy: ./deepy.py train.py "
                         "launched for real, as 1 and as 2 processes")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    p.add_argument("--malloc-tunables", action="store_true",
-                   help="run ours with megatron.launch.WORKER_MALLOC_TUNABLES (engine path; for "
-                        "--path deepy export GLIBC_TUNABLES yourself)")
+    p.add_argument("--no-malloc-tunables", action="store_true",
+                   help="run ours with glibc's default malloc settings instead of the "
+                        "megatron.launch.WORKER_MALLOC_TUNABLES that deepy.py sets")
     p.add_argument("--step-limit", type=float, default=300.0,
                    help="seconds after which one in-process step is cut off and reported as a "
                         "lower bound (0: no limit)")
@@ -415,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     if opts.worker:
         print(RESULT_TAG + json.dumps(run_worker(opts)), flush=True)
         return 0
+    if opts.no_malloc_tunables:
+        os.environ["GLIBC_TUNABLES"] = ""  # an empty value: deepy and allocator_env add none
     for name in opts.configs:
         if not (CONFIG_DIR / f"{name}.yml").is_file():
             print(f"unknown config {name!r}: no {CONFIG_DIR / name}.yml", file=sys.stderr)
