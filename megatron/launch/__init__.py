@@ -4,6 +4,8 @@ Pure Python: nothing here imports torch or DeepSpeed, so ``deepy.py`` can check 
 settings before it loads either. Typical use in ``deepy.py``::
 
     argv = runner_argv(args, "train.py", worker_args)
+    os.environ.update(thread_env(os.environ, workers_per_node))  # cores shared (threads.py)
+    os.environ.update(allocator_env(os.environ))  # malloc reuses mid-sized blocks (allocator.py)
     export_env(deepspeed.launcher.runner.EXPORT_ENVS, worker_exports(os.environ))
     deepspeed.launcher.runner.main(argv)
 

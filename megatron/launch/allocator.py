@@ -35,9 +35,9 @@ WORKER_MALLOC_TUNABLES = ":".join((
 """Blocks up to 64 MiB from the heap; the heap's free top is kept (trimmed above 16 GiB)."""
 
 
-def allocator_env(environ: Mapping[str, str], enabled: bool = True) -> dict[str, str]:
-    """``{"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES}`` to add to ``environ`` when ``enabled``
-    and the user has not set the variable already; else nothing."""
-    if not enabled or GLIBC_TUNABLES in environ:
+def allocator_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``{"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES}`` to add to ``environ``, or nothing when
+    the user has set the variable already (an empty value included)."""
+    if GLIBC_TUNABLES in environ:
         return {}
     return {GLIBC_TUNABLES: WORKER_MALLOC_TUNABLES}

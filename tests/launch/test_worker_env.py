@@ -56,7 +56,6 @@ def _faults(code: str, tunables: str | None) -> int:
 
 def test_tunables_only_when_enabled_and_not_chosen_by_the_user() -> None:
     assert allocator_env({}) == {"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES}
-    assert allocator_env({}, enabled=False) == {}
     assert allocator_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == {}
     assert allocator_env({"GLIBC_TUNABLES": ""}) == {}
     assert "GLIBC_TUNABLES" in worker_exports({"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES})
