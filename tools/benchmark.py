@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python tools/benchmark.py`
     sys.path.insert(0, str(ROOT))
@@ -78,6 +80,8 @@ class Measurement:
     setup_s: float | None
     cpu_s: list[float]
     truncated: bool = False
+    peak_gpu_mb: float | None = None
+    """``torch.cuda.max_memory_allocated`` on a GPU run; None on the CPU."""
     """A step ran past ``--step-limit`` and was cut off: its time is a lower bound."""
 
     @property
@@ -121,23 +125,48 @@ def merge(runs: list[Measurement]) -> Measurement:
 
 # ---------------------------------------------------------------- worker side (subprocess)
 
-def load_args(config: str, precision: str) -> Any:
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as config values; VALUE is read as YAML (``1``, ``true``, ``[2]``)."""
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        values[key.replace("-", "_")] = yaml.safe_load(value)
+    return values
+
+
+def load_args(config: str, precision: str, overrides: list[str] | None = None) -> Any:
     from megatron.neox_arguments import NeoXArgs
 
-    return NeoXArgs.from_ymls([str(CONFIG_DIR / f"{config}.yml")],
-                              overwrite_values={"precision": precision})
+    values = {**parse_overrides(overrides or []), "precision": precision}
+    return NeoXArgs.from_ymls([str(CONFIG_DIR / f"{config}.yml")], overwrite_values=values)
 
 
-def random_batches(batch: int, seq: int, vocab: int, seed: int = 0) -> Iterator[tuple]:
-    """Endless ((tokens, position_ids), (labels, loss_mask)) of uniform random token ids."""
+def random_batches(batch: int, seq: int, vocab: int, seed: int = 0,
+                   device: str = "cpu") -> Iterator[tuple]:
+    """Endless ((tokens, position_ids), (labels, loss_mask)) of uniform random token ids.
+
+    Drawn on the CPU (the same ids on every device) and copied to ``device``, as the trainer's
+    data iterator does.
+    """
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    position_ids = torch.arange(seq).expand(batch, seq)
-    mask = torch.ones(batch, seq)
+    position_ids = torch.arange(seq).expand(batch, seq).to(device)
+    mask = torch.ones(batch, seq, device=device)
     while True:
-        text = torch.randint(0, vocab, (batch, seq + 1), generator=gen)
+        text = torch.randint(0, vocab, (batch, seq + 1), generator=gen).to(device)
         yield (text[:, :-1], position_ids), (text[:, 1:], mask)
+
+
+def resolve_device(choice: str) -> str:
+    """``auto`` is CUDA when torch sees a GPU, so a GPU machine is never benchmarked on its CPU."""
+    if choice != "auto":
+        return choice
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _single_process_env() -> None:
@@ -165,7 +194,7 @@ def build_ours(args: Any, fused_loss: bool) -> tuple[Any, Any]:
     return run, functools.partial(train_step, run)
 
 
-def build_hf(args: Any, precision: str) -> Any:
+def build_hf(args: Any, precision: str, device: str = "cpu") -> Any:
     """GPTNeoXForCausalLM + AdamW; returns ``step_fn(data)`` doing one optimizer step."""
     import contextlib
 
@@ -181,12 +210,15 @@ def build_hf(args: Any, precision: str) -> Any:
         use_parallel_residual=args.gpt_j_residual, tie_word_embeddings=not args.no_weight_tying,
         hidden_dropout=0.0, attention_dropout=0.0, layer_norm_eps=args.layernorm_epsilon)
     config._attn_implementation = "sdpa"
-    model = GPTNeoXForCausalLM(config).train()
+    model = GPTNeoXForCausalLM(config).to(device).train()
     params = args.optimizer["params"]
+    # On a GPU a user would take torch's fused AdamW; on the CPU there is none to take.
+    fused = {"fused": True} if device.startswith("cuda") else {}
     opt = torch.optim.AdamW(model.parameters(), lr=params["lr"], betas=tuple(params["betas"]),
-                            eps=params["eps"], weight_decay=args.weight_decay)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" \
-        else contextlib.nullcontext
+                            eps=params["eps"], weight_decay=args.weight_decay, **fused)
+    device_type = torch.device(device).type
+    autocast = (lambda: torch.autocast(device_type, dtype=torch.bfloat16)) \
+        if precision == "bf16" else contextlib.nullcontext
 
     def step(data: Iterator[tuple]) -> None:
         (tokens, _), _ = next(data)
@@ -240,26 +272,32 @@ def run_worker(opts: argparse.Namespace) -> dict[str, Any]:
     from megatron.training.profiling import peak_rss_mb
 
     torch.set_num_threads(opts.threads)
+    cuda = opts.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     start = time.perf_counter()
-    args = load_args(opts.config, opts.precision)
+    args = load_args(opts.config, opts.precision, opts.set)
     if opts.worker == "ours":
         _, step = build_ours(args, fused_loss=not opts.no_fused_loss)
     else:
-        step = build_hf(args, opts.precision)
+        step = build_hf(args, opts.precision, opts.device)
     setup = time.perf_counter() - start
     data = TimedIterator(random_batches(args.train_micro_batch_size_per_gpu, args.seq_length,
-                                        min(args.padded_vocab_size, 50257)))
+                                        min(args.padded_vocab_size, 50257),
+                                        device=opts.device))
     step_s, data_s, cpu_s = [], [], []
     for i in range(opts.warmup + opts.steps):
+        sync()  # a GPU step is timed from idle to idle: queued kernels count where they ran
         waited, t0, c0 = data.waited, time.perf_counter(), time.process_time()
         with StepLimit(opts.step_limit, {"side": opts.worker, "setup_s": setup}, t0, c0):
             step(data)
+            sync()
         if i >= opts.warmup:
             step_s.append(time.perf_counter() - t0)
             cpu_s.append(time.process_time() - c0)
             data_s.append(data.waited - waited)
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     return {"side": opts.worker, "step_s": step_s, "data_s": data_s, "peak_rss_mb": peak_rss_mb(),
-            "setup_s": setup, "cpu_s": cpu_s}
+            "setup_s": setup, "cpu_s": cpu_s, "peak_gpu_mb": gpu_mb}
 
 
 # ---------------------------------------------------------------- parent side
@@ -269,11 +307,14 @@ def measure(side: str, config: str, precision: str, opts: argparse.Namespace) ->
     if side in DEEPY_PROCESSES:
         return Measurement(**benchmark_deepy.measure(
             side, CONFIG_DIR / f"{config}.yml", DEEPY_PROCESSES[side], precision,
-            warmup=opts.warmup, steps=opts.steps, threads=opts.threads))
+            warmup=opts.warmup, steps=opts.steps, threads=opts.threads,
+            overrides=parse_overrides(opts.set)))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--config", config,
            "--precision", precision, "--steps", str(opts.steps), "--warmup", str(opts.warmup),
-           "--threads", str(opts.threads), "--step-limit", str(opts.step_limit or 0)]
+           "--threads", str(opts.threads), "--step-limit", str(opts.step_limit or 0),
+           "--device", opts.device]
     cmd += ["--no-fused-loss"] if opts.no_fused_loss else []
+    cmd += [arg for pair in opts.set for arg in ("--set", pair)]
     env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads), TOKENIZERS_PARALLELISM="false")
     if side == "ours":  # the malloc settings deepy.py gives its workers (launch/allocator.py)
         from megatron.launch import allocator_env
@@ -287,23 +328,27 @@ def measure(side: str, config: str, precision: str, opts: argparse.Namespace) ->
     return Measurement(**json.loads(lines[-1][len(RESULT_TAG):]))
 
 
-def peak_flops(precision: str, threads: int) -> float:
-    """GEMM peak FLOP/s measured now (a fresh cache, so not a stale number)."""
+def peak_flops(precision: str, threads: int, device: str = "cpu") -> float:
+    """GEMM peak FLOP/s measured now (a fresh cache, so not a stale number).
+
+    A GPU needs a large product to reach its peak (8192 cubed); 1024 already does on 2 cores.
+    """
     import torch
 
     from megatron.utils.throughput import measure_peak_flops
 
     torch.set_num_threads(threads)
+    size = 8192 if device.startswith("cuda") else 1024
     with tempfile.TemporaryDirectory() as tmp:
-        return measure_peak_flops(getattr(torch, PRECISION_DTYPES[precision]), size=1024,
-                                  seconds=2.0, cache_dir=tmp)
+        return measure_peak_flops(getattr(torch, PRECISION_DTYPES[precision]), size=size,
+                                  seconds=2.0, device=device, cache_dir=tmp)
 
 
-def flops_and_tokens(config: str) -> tuple[int, int]:
+def flops_and_tokens(config: str, overrides: list[str] | None = None) -> tuple[int, int]:
     """Model FLOPs of one step and its tokens, from the exact counts of the spec."""
     from megatron.model import ModelSpec, flops_per_iteration
 
-    args = load_args(config, "fp32")
+    args = load_args(config, "fp32", overrides)
     spec = ModelSpec.from_args(args)
     batch = args.train_micro_batch_size_per_gpu * args.gradient_accumulation_steps
     flops = flops_per_iteration(spec, batch, args.seq_length, args.checkpoint_activations)
@@ -317,33 +362,45 @@ def row(config: str, precision: str, m: Measurement, tokens: int, flops: int,
             "tokens_per_s": tokens / step, "tokens_per_cpu_s": tokens / cpu if cpu else None,
             "mfu": model_flops_utilisation(flops, step, peak),
             "peak_rss_mb": m.peak_rss_mb, "data_wait": m.data_fraction, "setup_s": m.setup_s,
-            "truncated": m.truncated}
+            "truncated": m.truncated, "peak_gpu_mb": m.peak_gpu_mb}
 
 
 def ratio(ours: dict[str, Any], hf: dict[str, Any], peak: float) -> dict[str, Any]:
-    """The ``<ours side>/hf`` row: tokens/s, tokens per CPU-second (when both have it), RSS."""
-    per_cpu = None
+    """The ``<ours side>/hf`` row: tokens/s, tokens per CPU-second (when both have it), RSS and
+    GPU memory (when both have it)."""
+    per_cpu = gpu = None
     if ours["tokens_per_cpu_s"] and hf["tokens_per_cpu_s"]:
         per_cpu = ours["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"]
+    if ours.get("peak_gpu_mb") and hf.get("peak_gpu_mb"):
+        gpu = ours["peak_gpu_mb"] / hf["peak_gpu_mb"]
     return {"config": ours["config"], "precision": ours["precision"],
             "side": f"{ours['side']}/hf", "tokens_per_s": ours["tokens_per_s"] / hf["tokens_per_s"],
             "tokens_per_cpu_s": per_cpu,
             # A cut-off run never reached its peak memory: no RSS ratio then.
             "peak_rss_mb": None if hf.get("truncated") else ours["peak_rss_mb"] / hf["peak_rss_mb"],
-            "peak_tflops": peak / 1e12, "at_least": hf.get("truncated", False)}
+            "peak_tflops": peak / 1e12, "at_least": hf.get("truncated", False),
+            "peak_gpu_mb": gpu}
 
 
 def compare(config: str, precision: str, opts: argparse.Namespace) -> list[dict[str, Any]]:
     """Alternate the sides, then one row per side plus each ours/HF ratio."""
     sides = SIDES[opts.path]
-    flops, tokens = flops_and_tokens(config)
-    peak = peak_flops(precision, opts.threads)
+    if opts.device.startswith("cuda") and opts.path == "deepy":
+        sides = tuple(s for s in sides if DEEPY_PROCESSES.get(s, 1) <= _gpu_count())
+    flops, tokens = flops_and_tokens(config, opts.set)
+    peak = peak_flops(precision, opts.threads, opts.device)
     runs: dict[str, list[Measurement]] = {side: [] for side in sides}
     for side in alternation(opts.repeats, sides):
         runs[side].append(measure(side, config, precision, opts))
     rows = {s: row(config, precision, merge(runs[s]), tokens, flops, peak) for s in sides}
     ratios = [ratio(rows[s], rows["hf"], peak) for s in sides if s != "hf"]
     return list(rows.values()) + ratios
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _cell(value: float | None, spec: str, width: int, suffix: str = "") -> str:
@@ -355,7 +412,7 @@ def _cell(value: float | None, spec: str, width: int, suffix: str = "") -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width text table; ratio rows (side ``x/hf``) show tokens/s and RSS ratios."""
     head = (f"{'config':<11} {'prec':<5} {'side':<10} {'step s':>7} {'tok/s':>8} {'MFU':>6} "
-            f"{'tok/cpu-s':>9} {'RSS MB':>8} {'data %':>6} {'setup s':>7}")
+            f"{'tok/cpu-s':>9} {'RSS MB':>8} {'data %':>6} {'setup s':>7} {'GPU MB':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         start = f"{r['config']:<11} {r['precision']:<5} {r['side']:<10} "
@@ -363,14 +420,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             bound = ">=" if r.get("at_least") else ""
             lines.append(start + f"{bound:>7} {_cell(r['tokens_per_s'], '.2f', 8, 'x')} {'':>6} "
                          f"{_cell(r['tokens_per_cpu_s'], '.2f', 9, 'x')} "
-                         f"{_cell(r['peak_rss_mb'], '.2f', 8, 'x')} "
+                         f"{_cell(r['peak_rss_mb'], '.2f', 8, 'x')} {'':>6} {'':>7} "
+                         f"{_cell(r.get('peak_gpu_mb'), '.2f', 8, 'x')} "
                          f"  (GEMM peak {r['peak_tflops'] * 1e3:.1f} GFLOP/s)")
             continue
         cut = ">" if r.get("truncated") else ""  # a cut-off step: time at least this
         lines.append(start + f"{cut + format(r['step_s'], '.2f'):>7} {r['tokens_per_s']:>8.0f} "
                      f"{100 * r['mfu']:>5.1f}% {_cell(r['tokens_per_cpu_s'], '.0f', 9)} "
                      f"{r['peak_rss_mb']:>8.0f} {100 * r['data_wait']:>5.2f}% "
-                     f"{_cell(r['setup_s'], '.1f', 7)}")
+                     f"{_cell(r['setup_s'], '.1f', 7)} {_cell(r.get('peak_gpu_mb'), '.0f', 8)}")
     return "\n".join(lines)
 
 
@@ -396,10 +454,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--step-limit", type=float, default=300.0,
                    help="seconds after which one in-process step is cut off and reported as a "
                         "lower bound (0: no limit)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the steps run; auto is CUDA when torch sees a GPU")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key for every side (VALUE read as YAML); repeatable")
     p.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--precision", help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
+    opts.device = resolve_device(opts.device)
     if opts.path == "deepy" and opts.no_fused_loss:
         p.error("--no-fused-loss only works with --path engine (it patches the in-process build)")
     quick = {"steps": 2, "warmup": 1, "repeats": 1}

@@ -114,9 +114,12 @@ def write_random_corpus(prefix: Path, tokens: int, seed: int = 0) -> str:
 
 
 def write_run(bench_path: Path, workdir: Path, *, processes: int, precision: str,
-              iterations: int) -> Path:
-    """Corpus and config for one launch under ``workdir``; returns the config's path."""
-    bench = yaml.safe_load(bench_path.read_text())
+              iterations: int, overrides: Mapping[str, Any] | None = None) -> Path:
+    """Corpus and config for one launch under ``workdir``; returns the config's path.
+
+    ``overrides`` replace keys of the bench file (tools/benchmark.py's ``--set``).
+    """
+    bench = {**yaml.safe_load(bench_path.read_text()), **(overrides or {})}
     micro, accumulation = bench["train_micro_batch_size_per_gpu"], bench.get(
         "gradient_accumulation_steps", 1)
     tokens = (iterations * micro * accumulation + 1) * (bench["seq_length"] + 1)
@@ -133,7 +136,7 @@ def launch_env(threads: int) -> dict[str, str]:
     """The environment of deepy (and so of every worker): ``threads`` torch threads each."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["OMP_NUM_THREADS"] = str(threads)
     env["TOKENIZERS_PARALLELISM"] = "false"
     return env
@@ -145,6 +148,14 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         return []
     text = path.read_text()
     return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line]
+
+
+def log_tail(text: str, lines: int = 60, width: int = 400) -> str:
+    """The last ``lines`` lines of a launch log, each cut to ``width`` characters: the
+    launcher echoes its whole command line (base64 configs, tens of kB), which would
+    otherwise push the worker's traceback out of the message."""
+    kept = [ln if len(ln) <= width else ln[:width] + " [...]" for ln in text.splitlines()]
+    return "\n".join(kept[-lines:])
 
 
 def launch(config: Path, workdir: Path, threads: int,
@@ -172,7 +183,7 @@ def launch(config: Path, workdir: Path, threads: int,
             proc.wait()
     if proc.returncode != 0:
         raise RuntimeError(f"{config.name}: deepy exited with {proc.returncode}:\n"
-                           f"{log.read_text()[-4000:]}")
+                           f"{log_tail(log.read_text())}")
     records = read_records(metrics)
     elapsed = records[0].get("elapsed_seconds") if records else None
     setup = first_seen - elapsed if first_seen is not None and elapsed is not None else None
@@ -195,15 +206,18 @@ def measurement(side: str, records: list[dict[str, Any]], warmup: int,
     return {"side": side, "step_s": [r["iteration_time"] for r in timed],
             "data_s": [r["data_wait_fraction"] * r["iteration_time"] for r in timed],
             "peak_rss_mb": max(r["peak_rss_mb_all_ranks"] for r in steps),
-            "setup_s": setup_s, "cpu_s": []}
+            "setup_s": setup_s, "cpu_s": [],
+            "peak_gpu_mb": max((r["peak_gpu_mem_mb"] for r in steps if "peak_gpu_mem_mb" in r),
+                               default=None)}
 
 
 def measure(side: str, bench_path: Path, processes: int, precision: str, *, warmup: int,
-            steps: int, threads: int) -> dict[str, Any]:
+            steps: int, threads: int,
+            overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One launch of ``processes`` workers with ``threads // processes`` threads each."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{bench_path.stem}-{side}-") as tmp:
         workdir = Path(tmp)
         config = write_run(bench_path, workdir, processes=processes, precision=precision,
-                           iterations=warmup + steps)
+                           iterations=warmup + steps, overrides=overrides)
         records, setup = launch(config, workdir, max(threads // processes, 1))
     return measurement(side, records, warmup, setup)

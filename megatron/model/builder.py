@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from megatron.model.errors import ModelSpecError
-from megatron.model.fused_loss import DEFAULT_CHUNK_TOKENS, make_fused_loss_fn
+from megatron.model.fused_loss import make_fused_loss_fn
 from megatron.model.gpt import GPTModel, make_loss_fn
 from megatron.model.pipe import build_pipeline
 from megatron.model.spec import ModelSpec
@@ -20,7 +20,7 @@ def build_model(spec: ModelSpec, groups: ProcessGroups, *, pipe_parallel_size: i
                 partition_method: str = "type:transformer",
                 activation_checkpointing: bool = False, checkpoint_num_layers: int = 1,
                 seed: int = 1234, rng_tracker: RNGTracker | None = None,
-                fused_loss: bool = False, fused_loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                fused_loss: bool = False, fused_loss_chunk_tokens: int | None = None,
                 ) -> tuple[nn.Module, Callable[[Any, Any], Any]]:
     """Build this rank's model and ``loss_fn(logits, (labels, loss_mask))``.
 
@@ -42,7 +42,8 @@ def build_model(spec: ModelSpec, groups: ProcessGroups, *, pipe_parallel_size: i
             use the returned loss_fn for both. Only for ``pipe_parallel_size == 0`` (the
             pipeline keeps the plain head) and not under ZeRO-3, whose partitioned head
             weight is only gathered inside the module's forward.
-        fused_loss_chunk_tokens: tokens per chunk of the fused loss.
+        fused_loss_chunk_tokens: tokens per chunk of the fused loss; None: the device's
+            default (``fused_loss.default_chunk_tokens``).
 
     Raises:
         ModelSpecError: for options this model does not support.

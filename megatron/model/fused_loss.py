@@ -24,9 +24,19 @@ from megatron.parallel.groups import Group
 from megatron.utils.gemm import upcast_dtype
 
 DEFAULT_CHUNK_TOKENS = 1024
-"""Tokens per chunk: 1024 x 50k fp32 logits is ~200 MB. On 2 CPU cores the head's three GEMMs
-ran ~10% faster than with 256 (the [256, 50k] products are too thin to reach the GEMM peak)
-and 2048 was no faster (tools/benchmark.py, 19M and pythia-70m shapes)."""
+"""Tokens per chunk on a CPU: 1024 x 50k fp32 logits is ~200 MB. On 2 CPU cores the head's
+three GEMMs ran ~10% faster than with 256 (the [256, 50k] products are too thin to reach the
+GEMM peak) and 2048 was no faster (tools/benchmark.py, 19M and pythia-70m shapes)."""
+
+CUDA_CHUNK_TOKENS = 4096
+"""Tokens per chunk on a GPU: 4096 x 50k fp32 logits is ~800 MB, small beside a GPU's memory,
+and each chunk adds its ``[V, h]`` weight-gradient part into the fp32 sum (one pass over that
+sum per chunk), so fewer, larger chunks are faster there."""
+
+
+def default_chunk_tokens(device: torch.device) -> int:
+    """The chunk size for ``device`` when none is configured."""
+    return CUDA_CHUNK_TOKENS if device.type == "cuda" else DEFAULT_CHUNK_TOKENS
 
 
 def _all_reduce(x: torch.Tensor, tp: Group, op: Any = None) -> None:
@@ -80,15 +90,23 @@ def _add_chunk_grads(g: torch.Tensor, scale: torch.Tensor, x_c: torch.Tensor, w:
     """Write the chunk's rows of ``grad_x`` and add its part of ``grad_w`` (fp32).
 
     The gradient of the logits is ``scale[:, None] * g``; the row scale is applied to the
-    ``[n, h]`` operands (the product's rows, or ``x_c``'s rows) rather than to ``g``.
+    ``[n, h]`` operands (the product's rows, or ``x_c``'s rows) rather than to ``g``. Both
+    GEMMs run in the compute dtype of ``w``: with bf16 on a GPU an fp32 ``g`` would send them
+    to the fp32 units, several times slower than the rest of the step. A bf16 chunk product
+    (fp32-accumulated inside the GEMM) is then added into the fp32 sum.
     """
     scale = scale.unsqueeze(-1)
+    g = g if g.dtype == w.dtype else g.to(w.dtype)  # one pass, shared by both GEMMs
     if grad_x is not None:
         rows = grad_x[start:start + g.shape[0]]
-        torch.matmul(g.to(rows.dtype), w, out=rows)
+        torch.matmul(g, w, out=rows)
         rows.mul_(scale.to(rows.dtype))
     if grad_w is not None:
-        grad_w.addmm_(g.t(), x_c.float() * scale)  # fp32 GEMM
+        scaled_x = x_c * scale.to(x_c.dtype)
+        if g.dtype == grad_w.dtype:
+            grad_w.addmm_(g.t(), scaled_x)
+        else:
+            grad_w.add_(torch.matmul(g.t(), scaled_x))
 
 
 class _FusedHeadCrossEntropy(torch.autograd.Function):
@@ -137,7 +155,7 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
 
 def fused_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                              loss_mask: torch.Tensor, tp: Group,
-                             chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
+                             chunk_tokens: int | None = None) -> torch.Tensor:
     """Mean cross entropy over ``loss_mask`` of ``hidden @ weight.T``, without full logits.
 
     Args:
@@ -146,12 +164,15 @@ def fused_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels:
         labels: ``[b, s]`` int64 target ids in ``[0, V)``.
         loss_mask: ``[b, s]``; tokens with 0 do not count.
         tp: tensor-parallel group (size 1: plain cross entropy).
-        chunk_tokens: tokens per chunk (bounds the memory of the logits).
+        chunk_tokens: tokens per chunk (bounds the memory of the logits); None takes
+            ``default_chunk_tokens`` of the device.
 
     Returns:
         scalar fp32 ``sum(loss * mask) / max(sum(mask), 1)``, equal to the unfused head
         followed by ``vocab_parallel_cross_entropy``.
     """
+    if chunk_tokens is None:
+        chunk_tokens = default_chunk_tokens(hidden.device)
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
     mask = loss_mask.reshape(-1).float()
@@ -162,7 +183,7 @@ def fused_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels:
 
 
 def make_fused_loss_fn(model: Any, tp: Group, plain_loss_fn: Any,
-                       chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> Any:
+                       chunk_tokens: int | None = None) -> Any:
     """``loss_fn(output, (labels, loss_mask))`` for a model built with ``fused_loss=True``.
 
     In training mode such a model returns the head input ``[b, s, h]`` and this applies the
@@ -173,7 +194,7 @@ def make_fused_loss_fn(model: Any, tp: Group, plain_loss_fn: Any,
         model: the ``GPTModel`` (read for ``training``, ``head_weight``).
         tp: tensor-parallel group.
         plain_loss_fn: the unfused ``loss_fn(logits, target)``.
-        chunk_tokens: tokens per chunk.
+        chunk_tokens: tokens per chunk; None: the device's default.
     """
 
     def loss_fn(output: torch.Tensor, target: Any) -> torch.Tensor:

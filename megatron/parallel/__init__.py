@@ -7,7 +7,8 @@ Public API (import from ``megatron.parallel``):
   (``layout.py``).
 - ``ProcessGroups.build(layout)`` / ``ProcessGroups.single()`` with ``.tp``, ``.dp``, ``.pp``,
   ``.model`` (each a ``Group``: ``size``, ``rank``, ``ranks``, ``group``), ``.topology`` and
-  ``.mpu`` for DeepSpeed (``groups.py``; its docstring says how to hand them to DeepSpeed).
+  ``.mpu`` for DeepSpeed (``groups.py``; its docstring says how to hand them to DeepSpeed);
+  ``collective_device()``: where a tensor for a collective on the default group must live.
 - Autograd collectives: ``copy_to_tp``, ``reduce_from_tp``, ``scatter_to_tp``,
   ``gather_from_tp``, ``scatter_to_sequence_parallel``, ``gather_from_sequence_parallel``,
   ``reduce_scatter_to_sequence_parallel``, ``all_reduce_sequence_parallel_grads``,
@@ -24,7 +25,13 @@ With ``tp.size == 1`` nothing communicates, so all of it works without ``torch.d
 
 from megatron.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megatron.parallel.errors import LayoutError
-from megatron.parallel.groups import DeepSpeedMPU, Group, ProcessGroups, TPGroup
+from megatron.parallel.groups import (
+    DeepSpeedMPU,
+    Group,
+    ProcessGroups,
+    TPGroup,
+    collective_device,
+)
 from megatron.parallel.layers import (
     ColumnParallelLinear,
     RowParallelLinear,
@@ -61,6 +68,7 @@ __all__ = [
     "TPGroup",
     "VocabParallelEmbedding",
     "all_reduce_sequence_parallel_grads",
+    "collective_device",
     "copy_to_tp",
     "default_init",
     "gather_from_sequence_parallel",

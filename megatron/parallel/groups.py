@@ -69,6 +69,14 @@ TPGroup = Group
 """Alias used in type hints of tensor-parallel layers (``tp: TPGroup``)."""
 
 
+def collective_device() -> str:
+    """Where a tensor must live for a collective on the default group: NCCL only takes CUDA
+    tensors, gloo (and no process group at all) CPU ones."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return "cuda"
+    return "cpu"
+
+
 def _create(groups_ranks: list[list[int]], rank: int) -> Any:
     """Create every group of one axis on this rank and return the handle containing ``rank``."""
     mine = None

@@ -78,6 +78,8 @@ def init_distributed(args: Any) -> None:
         )
     )
     skip_unused_cpu_ops()
+    if torch.cuda.is_available():  # before any CUDA state (RNG streams, NCCL) is created
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     if not dist.is_initialized():
         # A lost node then fails the survivors' next collective after this long, not 10 minutes.
         timeout = timedelta(minutes=float(getattr(args, "distributed_timeout_minutes", 10.0)))

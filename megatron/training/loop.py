@@ -17,6 +17,7 @@ from typing import Any
 import torch.distributed as dist
 
 from megatron.data.iterator import TimedIterator
+from megatron.parallel import collective_device
 from megatron.training import checkpointing as ckpt
 from megatron.training.reporting import StepReporter
 from megatron.training.state import TrainState, rng_state
@@ -46,7 +47,7 @@ def _agreed(flag: bool) -> bool:
         return flag
     import torch
 
-    value = torch.tensor([1 if flag else 0])
+    value = torch.tensor([1 if flag else 0], device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 

@@ -41,6 +41,7 @@ MFU = "runtime/mfu"  # fraction in [0, 1]
 DATA_WAIT_FRACTION = "runtime/data_wait_fraction"  # share of step time spent in next(data)
 PEAK_RSS = "runtime/peak_rss_mb"  # this process's peak resident set size, MiB
 PEAK_RSS_ALL_RANKS = "runtime/peak_rss_mb_all_ranks"  # the sum of PEAK_RSS over all ranks
+PEAK_GPU_MEM = "runtime/peak_gpu_mem_mb"  # this rank's torch.cuda.max_memory_allocated, MiB
 ELAPSED = "runtime/elapsed_seconds"
 ETA = "runtime/eta_seconds"
 VAL_LOSS = "validation/lm_loss"
@@ -140,6 +141,7 @@ _CONSOLE_FIELDS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     (MFU, "MFU", lambda v: f"{v * 100:.2f}%"),
     (DATA_WAIT_FRACTION, "data wait", lambda v: f"{v * 100:.2f}%"),
     (PEAK_RSS_ALL_RANKS, "peak RSS MiB (all ranks)", lambda v: f"{v:,.0f}"),
+    (PEAK_GPU_MEM, "peak GPU MiB", lambda v: f"{v:,.0f}"),
     (ELAPSED, "elapsed", _hms),
     (ETA, "ETA", _hms),
     (VAL_LOSS, "val lm_loss", lambda v: f"{v:.6E}"),

@@ -15,13 +15,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron.parallel import collective_device
 
-def _local_grads_finite(optimizer: torch.optim.Optimizer) -> bool:
+
+def _local_grads_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """A 0-d bool tensor, on the gradients' device: no host sync per parameter (on a GPU a
+    ``.cpu()`` per norm stalled the step once per parameter)."""
     grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     if not grads:
-        return True
+        return torch.tensor(True)
     norms = torch._foreach_norm(grads)
-    return bool(torch.isfinite(torch.stack([n.float().cpu() for n in norms])).all())
+    return torch.isfinite(torch.stack([n.float() for n in norms])).all()
 
 
 class NonFiniteGuard:
@@ -34,10 +38,10 @@ class NonFiniteGuard:
         optimizer.step = self.step  # type: ignore[method-assign]
 
     def step(self, *args: Any, **kwargs: Any) -> Any:
-        finite = _local_grads_finite(self.optimizer)
+        bad = (~_local_grads_finite(self.optimizer)).float().reshape(1)
         if dist.is_initialized() and dist.get_world_size() > 1:
-            flag = torch.tensor([0.0 if finite else 1.0])
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            finite = flag.item() == 0.0
+            bad = bad.to(collective_device())
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        finite = bad.item() == 0.0  # the one host sync of the check
         self.skipped_last = not finite
         return self._step(*args, **kwargs) if finite else None

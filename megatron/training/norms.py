@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron.parallel import collective_device
 from megatron.training.grad_clip import counted_once
 from megatron.utils.noise_scale import NoiseScaleTracker, estimate_noise_scale
 
@@ -172,8 +173,7 @@ def _all_sum(value: float) -> float:
     """Sum a float over all ranks (each replica-wide quantity is counted on one rank)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+    t = torch.tensor([value], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
     return float(t.item())
 

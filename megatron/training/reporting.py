@@ -27,6 +27,15 @@ from megatron.utils.throughput import resolve_peak_flops
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def peak_probe(device: Any) -> dict[str, Any]:
+    """Where and how large the GEMM-peak probe runs: on the training device (a GPU's peak, not
+    its host's), and 8192-cubed there, since a GPU needs a large product to reach its peak."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {"device": str(device), "size": 8192}
+    return {"device": "cpu"}
+
+
 class StepReporter:
     """Accumulates step times and sends one record per log interval to the metrics sinks."""
 
@@ -40,7 +49,9 @@ class StepReporter:
         self.peak: float | None = None
         if run.is_rank0:
             self.peak = resolve_peak_flops(
-                getattr(a, "peak_theoretical_tflops", None), _DTYPES.get(a.precision, torch.float32)
+                getattr(a, "peak_theoretical_tflops", None),
+                _DTYPES.get(a.precision, torch.float32),
+                **peak_probe(run.engine.device),
             )
         self.started = time.perf_counter()
         self.window_seconds = 0.0
@@ -130,10 +141,14 @@ def sum_over_ranks(value: float, device: Any = "cpu") -> float:
 
 
 def memory_metrics(device: Any = "cpu") -> dict[str, float]:
-    """This process's peak RSS and the sum over ranks, in MiB (one all_reduce: all ranks call).
+    """This process's peak RSS and the sum over ranks, in MiB (one all_reduce: all ranks call),
+    and on a GPU this rank's peak of allocated device memory.
 
     The sum is what a machine running all ranks has to hold; on several nodes it adds up
     every node's ranks.
     """
     peak = peak_rss_mb()
-    return {m.PEAK_RSS: peak, m.PEAK_RSS_ALL_RANKS: sum_over_ranks(peak, device)}
+    values = {m.PEAK_RSS: peak, m.PEAK_RSS_ALL_RANKS: sum_over_ranks(peak, device)}
+    if torch.device(device).type == "cuda":
+        values[m.PEAK_GPU_MEM] = torch.cuda.max_memory_allocated(device) / 2**20
+    return values
