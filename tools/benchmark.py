@@ -324,7 +324,8 @@ def measure(side: str, config: str, precision: str, opts: argparse.Namespace) ->
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"benchmark worker {side}/{config}/{precision} failed "
-                           f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+                           f"(exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                           f"{proc.stderr[-4000:]}")
     return Measurement(**json.loads(lines[-1][len(RESULT_TAG):]))
 
 

@@ -150,7 +150,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line]
 
 
-def log_tail(text: str, lines: int = 60, width: int = 400) -> str:
+def log_tail(text: str, lines: int = 150, width: int = 300) -> str:
     """The last ``lines`` lines of a launch log, each cut to ``width`` characters: the
     launcher echoes its whole command line (base64 configs, tens of kB), which would
     otherwise push the worker's traceback out of the message."""
