@@ -2,7 +2,8 @@
 
     python tools/benchmark.py [--quick] [--configs 19M pythia-70m] [--precisions fp32 bf16]
                               [--steps N] [--repeats R] [--threads T] [--no-fused-loss]
-                              [--path engine|deepy] [--json FILE]
+                              [--path engine|deepy] [--device auto|cpu|cuda]
+                              [--set KEY=VALUE ...] [--json FILE]
 
 For each config (``configs/bench/<name>.yml``) and precision, the sides run alternately (each
 round starts one side later: ``ours``, ``hf``, then ``hf``, ``ours``, ...) so machine noise
@@ -22,6 +23,12 @@ hits all of them. Every measurement is a fresh process tree, so peak RSS belongs
 - hf: ``transformers.GPTNeoXForCausalLM`` (SDPA attention) and ``torch.optim.AdamW`` in a
   plain loop with gradient clipping, one process with ``--threads`` threads; bf16 is
   ``torch.autocast`` over fp32 weights.
+
+On a GPU (``--device auto`` picks CUDA when torch sees one) every step is timed from an idle
+GPU to an idle GPU (synchronised before and after), the GEMM peak is probed with 8192-cubed
+products, HF gets torch's fused AdamW (what a GPU user would take) and the peak allocated GPU
+memory is reported as well; ``--path deepy`` then measures 1 process only on a one-GPU
+machine. ``configs/bench/125M.yml`` and ``1-3B.yml`` are the GPU shapes.
 
 All get uniform random tokens. Reported per side: tokens/s (median step), MFU, peak RSS, the
 share of step time spent waiting for data, and the ratios of each ``ours`` side over HF.
@@ -115,12 +122,14 @@ def alternation(repeats: int, sides: tuple[str, ...] = ("ours", "hf")) -> list[s
 
 
 def merge(runs: list[Measurement]) -> Measurement:
-    """Pool the steps of one side's repeated runs; peak RSS is the largest seen."""
+    """Pool the steps of one side's repeated runs; peak RSS and GPU memory are the largest seen."""
     setups = [r.setup_s for r in runs if r.setup_s is not None]
+    gpu = [r.peak_gpu_mb for r in runs if r.peak_gpu_mb is not None]
     return Measurement(runs[0].side, [s for r in runs for s in r.step_s],
                        [s for r in runs for s in r.data_s], max(r.peak_rss_mb for r in runs),
                        statistics.median(setups) if setups else None,
-                       [s for r in runs for s in r.cpu_s], any(r.truncated for r in runs))
+                       [s for r in runs for s in r.cpu_s], any(r.truncated for r in runs),
+                       max(gpu) if gpu else None)
 
 
 # ---------------------------------------------------------------- worker side (subprocess)

@@ -110,26 +110,6 @@ def derive_optimizer(values: Values) -> None:
             values[key] = zero.get(name, ZERO_DEFAULTS[name])
 
 
-def derive_bf16_accumulation(values: Values) -> str | None:
-    """bf16 with ZeRO stage 1: accumulate and reduce gradients in fp32 (DeepSpeed's BF16
-    optimizer), unless the config sets ``data_types.grad_accum_dtype`` itself.
-
-    Without it DeepSpeed 0.19 takes its ZeRO-1/2 optimizer with bf16 gradients, which fails at
-    the first step (``KeyError: 0`` in its overflow check). The BF16 optimizer keeps flat fp32
-    gradient and master-weight buffers: on one H100 a 1.3B step ran 1.28x faster than with the
-    stage-0 per-parameter bf16 optimizer (tools/benchmark.py, configs/bench/1-3B.yml).
-    """
-    zero = values.get("zero_optimization") or {}
-    offload = (zero.get("offload_optimizer") or {}).get("device") not in (None, "none")
-    data_types = values.get("data_types") or {}
-    if (values.get("precision") != "bf16" or zero.get("stage") != 1 or offload
-            or data_types.get("grad_accum_dtype") is not None):
-        return None
-    values["data_types"] = {**data_types, "grad_accum_dtype": "fp32"}
-    return ("bf16 with ZeRO stage 1: data_types.grad_accum_dtype -> fp32 "
-            "(DeepSpeed's BF16 optimizer)")
-
-
 def expand_attention_config(config: Any, num_layers: int) -> list[str] | None:
     """[[[types], repeat], ...] to one type per layer; None when the format is not understood.
 
@@ -230,9 +210,6 @@ def derive(values: Values, resources: Resources) -> Values:
     derive_batch(out)
     derive_precision(out)
     derive_optimizer(out)
-    message = derive_bf16_accumulation(out)
-    if message:
-        logger.info("%s", message)
     derive_legacy_mlp(out)
     derive_layers(out)
     if not resources.has_cuda:

@@ -179,8 +179,11 @@ def build_run(args: Any) -> Run:
         mpu=None if is_pipe else groups.mpu,
         dist_init_required=False,
     )
-    if not is_pipe and groups.dp.size == 1:
-        engine.enable_backward_allreduce = False  # nothing to reduce: skip the flatten/copy
+    if not is_pipe and groups.dp.size == 1 and not engine.zero_optimization():
+        # Nothing to reduce: skip the flatten/copy. Not under ZeRO 1/2, whose reduce step is
+        # also what moves the gradients into the optimizer's partitions (without it the first
+        # step failed with KeyError: 0 on one process).
+        engine.enable_backward_allreduce = False
     _clip_fp32_globally(engine, groups.tp.rank)
     return Run(args, groups, tokenizer, spec, engine, loss_fn, is_pipe, tracker, guard)
 

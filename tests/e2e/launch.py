@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 # One config, five layouts; the global batch (8 samples) is the same in all of them.
 LAYOUTS = {
     "single": {"num_gpus": 1},
+    # ZeRO on one process: its reduce step also fills the optimizer's gradient partitions.
+    "zero1": {"num_gpus": 1, "zero_optimization": {"stage": 1}},
     "tp2": {"num_gpus": 2, "model_parallel_size": 2},
     "pp2": {"num_gpus": 2, "pipe_parallel_size": 2},
     "dp2_zero1": {"num_gpus": 2, "zero_optimization": {"stage": 1}},

@@ -1,8 +1,9 @@
 """`./deepy.py train.py` end to end in every layout: same losses, falling loss, checkpoints.
 
-One fp32 config with dropout off is trained for 20 iterations as 1 process and as
-2 processes with TP=2, PP=2, DP=2 + ZeRO-1 and DP=2 + ZeRO-3. The global batch is the
-same (8 samples), so every layout must see the same data and compute the same loss.
+One fp32 config with dropout off is trained for 20 iterations as 1 process (plain, and with
+ZeRO-1) and as 2 processes with TP=2, PP=2, DP=2 + ZeRO-1 and DP=2 + ZeRO-3. The global
+batch is the same (8 samples), so every layout must see the same data and compute the same
+loss.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.launch import LAYOUTS, read_metrics, train_losses
+from tests.e2e.launch import LAYOUTS, read_metrics, run_deepy, tiny_config, train_losses
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # fp32 with a different reduction order (accumulation vs data parallel, split matmuls).
 LOSS_TOLERANCE = 1e-4
+# bf16 weights and activations against that fp32 run: a relative bound on each loss.
+BF16_LOSS_TOLERANCE = 0.03
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -77,3 +80,19 @@ def test_zero_checkpoint_has_optimizer_shards(runs: dict[str, Path]) -> None:
     files = _checkpoint_files(runs["dp2_zero1"], 20)
     shards = {f for f in files if f.endswith("_optim_states.pt")}
     assert len(shards) == 2, files
+
+
+def test_bf16_zero1_on_two_processes_tracks_fp32(runs: dict[str, Path], char_corpus: str,
+                                                 tmp_path: Path) -> None:
+    """bf16 with ZeRO stage 1 and fp32 gradient accumulation (DeepSpeed's BF16 optimizer, the
+    GPU bench configs' setting) on 2 data-parallel processes: the losses stay within bf16
+    rounding of the fp32 single-process run's."""
+    config = tiny_config(char_corpus, tmp_path, num_gpus=2, precision="bf16",
+                         zero_optimization={"stage": 1},
+                         data_types={"grad_accum_dtype": "fp32"}, train_iters=6)
+    proc = run_deepy(config, tmp_path)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    losses, reference = train_losses(tmp_path), train_losses(runs["single"])
+    for it in range(1, 7):
+        assert abs(losses[it] - reference[it]) <= BF16_LOSS_TOLERANCE * reference[it], (
+            it, losses[it], reference[it])

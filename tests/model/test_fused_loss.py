@@ -144,3 +144,37 @@ def test_bf16_weights_keep_their_dtype_and_stay_close() -> None:
     torch.testing.assert_close(wb.grad.float(), w1.grad, atol=1e-2, rtol=5e-2)
     torch.testing.assert_close(xb.grad.float(), x1.grad, atol=1e-2, rtol=5e-2)
 
+
+
+@pytest.mark.parametrize("chunk", [4, 21])
+def test_bf16_gemms_match_an_fp64_oracle(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """Where bf16 GEMMs are native (GPUs), both gradient GEMMs run in bf16 and each chunk's
+    weight-gradient product is added into an fp32 sum; forced here on the CPU."""
+    import megatron.model.fused_loss as fused
+
+    monkeypatch.setattr(fused, "upcast_dtype", lambda dtype, device: None)
+    x, w, labels, mask = _inputs(seed=3)
+    x16, w16 = x.bfloat16(), w.bfloat16()
+    x1, w1 = x16.double().requires_grad_(), w16.double().requires_grad_()
+    ref = _reference(x1, w1, labels, mask)
+    (ref * 2.5).backward()
+    x2, w2 = x16.clone().requires_grad_(), w16.clone().requires_grad_()
+    out = fused_head_cross_entropy(x2, w2, labels, mask, ProcessGroups.single().tp,
+                                   chunk_tokens=chunk)
+    (out * 2.5).backward()
+    assert x2.grad.dtype == w2.grad.dtype == torch.bfloat16
+    assert abs(out.item() - ref.item()) <= 1e-2 * abs(ref.item())
+    for got, want in ((x2.grad, x1.grad), (w2.grad, w1.grad)):
+        err = (got.double() - want).norm() / want.norm()
+        assert err < 2e-2, err  # bf16 operands: between 1e-3 and 1e-2 expected
+
+
+def test_chunk_size_follows_the_device() -> None:
+    from megatron.model.fused_loss import (
+        CUDA_CHUNK_TOKENS,
+        DEFAULT_CHUNK_TOKENS,
+        default_chunk_tokens,
+    )
+
+    assert default_chunk_tokens(torch.device("cpu")) == DEFAULT_CHUNK_TOKENS == 1024
+    assert default_chunk_tokens(torch.device("cuda", 0)) == CUDA_CHUNK_TOKENS == 4096

@@ -302,8 +302,11 @@ def test_mlp_matches_dense():
 
 
 def check_mappings_and_rng(rank: int, world_size: int) -> None:
+    from megatron.parallel import collective_device
+
     check_mappings_round_trip(rank, world_size)
     check_rng_tracker(rank, world_size)
+    assert collective_device() == "cpu"  # gloo takes CPU tensors (NCCL would need CUDA ones)
 
 
 def test_mappings_round_trip_and_rng_tracker_across_ranks():

@@ -191,3 +191,9 @@ def test_checkpoint_replays_forked_dropout():
     torch.testing.assert_close(grads[1][1], grads[0][1], rtol=0, atol=0)
     for name, state in grads[0][2].items():  # streams end where an uncheckpointed run ends
         assert torch.equal(grads[1][2][name], state), name
+
+
+def test_collectives_use_the_cpu_without_a_process_group():
+    from megatron.parallel import collective_device
+
+    assert collective_device() == "cpu"

@@ -227,3 +227,42 @@ def test_launch_env_sets_the_threads_of_every_worker() -> None:
     assert env["OMP_NUM_THREADS"] == "1"
     assert env["PYTHONPATH"] == str(benchmark_deepy.ROOT)
     assert env["PATH"].startswith(str(Path(sys.executable).parent))
+
+
+def test_gpu_memory_is_pooled_as_a_maximum_and_becomes_a_ratio_and_a_column() -> None:
+    a = benchmark.Measurement("ours", [1.0], [0.0], 100.0, 5.0, [], peak_gpu_mb=3000.0)
+    b = benchmark.Measurement("ours", [1.0], [0.0], 100.0, 5.0, [], peak_gpu_mb=5000.0)
+    assert benchmark.merge([a, b]).peak_gpu_mb == 5000.0
+    cpu_only = benchmark.Measurement("ours", [1.0], [0.0], 100.0, 5.0, [])
+    assert benchmark.merge([cpu_only, cpu_only]).peak_gpu_mb is None
+    ours = benchmark.row("125M", "bf16", benchmark.merge([a, b]), 4096, 9e11, 1e12)
+    hf = benchmark.row("125M", "bf16", benchmark.Measurement(
+        "hf", [2.0], [0.0], 100.0, 5.0, [], peak_gpu_mb=10000.0), 4096, 9e11, 1e12)
+    ratio = benchmark.ratio(ours, hf, 1e12)
+    assert ratio["peak_gpu_mb"] == pytest.approx(0.5)
+    lines = benchmark.format_table([ours, hf, ratio]).splitlines()
+    assert lines[0].split()[-2:] == ["GPU", "MB"]
+    assert lines[2].split()[-1] == "5000" and lines[3].split()[-1] == "10000"
+    assert "0.50x" in lines[4]
+
+
+def test_set_overrides_are_read_as_yaml_and_reach_the_config() -> None:
+    values = benchmark.parse_overrides(["zero-optimization={stage: 1}", "num_layers=2",
+                                        "data_types={grad_accum_dtype: fp32}"])
+    assert values == {"zero_optimization": {"stage": 1}, "num_layers": 2,
+                      "data_types": {"grad_accum_dtype": "fp32"}}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        benchmark.parse_overrides(["num_layers"])
+    args = benchmark.load_args("125M", "bf16", ["num_layers=2", "zero_optimization={stage: 2}"])
+    assert args.num_layers == 2 and args.precision == "bf16"
+    assert args.deepspeed_config["zero_optimization"]["stage"] == 2
+    # the bench file's own keys stay: fp32 gradient accumulation (DeepSpeed's BF16 optimizer)
+    assert args.deepspeed_config["data_types"] == {"grad_accum_dtype": "fp32"}
+
+
+def test_device_auto_is_the_cpu_here_and_an_explicit_choice_is_kept() -> None:
+    import torch
+
+    assert benchmark.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert benchmark.resolve_device("cpu") == "cpu"
+    assert benchmark.resolve_device("cuda") == "cuda"
