@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from deepspeed.runtime.utils import is_model_parallel_parameter
 
+from megatron.parallel import collective_device
+
 
 def counted_once(param: torch.nn.Parameter, tp_rank: int, dp_rank: int = 0) -> bool:
     """Whether this rank's copy of `param` counts towards a replica-wide norm."""
@@ -31,7 +33,7 @@ def global_grad_norm(
     grads = [p.grad.detach() for p in params if p.grad is not None and counted_once(p, tp_rank)]
     # One multi-tensor pass (fp32 accumulation) instead of a pow and a sum per parameter.
     total = (torch.nn.utils.get_total_norm(grads).float() ** 2 if grads
-             else torch.zeros((), dtype=torch.float32))
+             else torch.zeros((), dtype=torch.float32, device=collective_device()))
     if model_group is not None and dist.is_initialized():
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=model_group)
     return total.sqrt()
