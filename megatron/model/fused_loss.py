@@ -8,9 +8,13 @@ gradients of the hidden states and of the head weight. Only those gradients surv
 forward pass, so peak memory holds one chunk of logits and no logits are recomputed.
 
 Computing gradients in forward needs the per-token weights, so the function returns the
-final scalar ``sum(loss * weight)``; backward only scales the stored gradients by the
-incoming scalar. With tensor parallelism the weight holds this rank's vocabulary rows and
-only ``[chunk]``-sized statistics are all-reduced, as in ``vocab_parallel_cross_entropy``.
+final scalar ``sum(loss * mask) / count``. The gradients are stored without the ``1 / count``
+factor, and backward applies it together with the incoming scalar, in fp32: with fp16 the
+upstream scalar is DeepSpeed's loss scale, and a per-token ``1 / (count * sum_exp)`` applied
+in forward (~1e-9 for 16k tokens and a 50k vocabulary) underflowed fp16 to zero.
+
+With tensor parallelism the weight holds this rank's vocabulary rows and only
+``[chunk]``-sized statistics are all-reduced, as in ``vocab_parallel_cross_entropy``.
 """
 
 from __future__ import annotations
@@ -45,12 +49,12 @@ def _all_reduce(x: torch.Tensor, tp: Group, op: Any = None) -> None:
 
 
 def _chunk_loss_and_grad(
-        x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, token_weight: torch.Tensor,
+        x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
         tp: Group, need_grad: bool, out: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weighted loss sum of one chunk, ``d(loss sum) / d(logits)`` up to a row scale, the scale.
 
-    x ``[n, h]``, weight ``[v, h]`` (this rank's rows), labels and token_weight ``[n]``;
+    x ``[n, h]``, weight ``[v, h]`` (this rank's rows), labels and mask ``[n]`` (fp32);
     ``out``: a buffer for the logits (reused across chunks: a fresh 200 MB tensor page-faults
     in again each time on the CPU). The gradient of token t's row is ``scale[t] * g[t]``; the
     caller applies the scale to the small ``[n, h]`` operands instead of this ``[n, v]`` one,
@@ -69,11 +73,11 @@ def _chunk_loss_and_grad(
     exp = logits.exp_()  # reuse the chunk's buffer
     sum_exp = exp.sum(dim=-1)
     _all_reduce(sum_exp, tp)
-    loss = ((sum_exp.log() - target) * token_weight).sum()
+    loss = ((sum_exp.log() - target) * mask).sum()
     if need_grad:
         # d loss_t / d logit_j = (exp_j - [j == label_t] * sum_exp) * weight_t / sum_exp.
         exp.scatter_add_(-1, local.unsqueeze(-1), -(sum_exp * (~outside)).unsqueeze(-1))
-    return loss, exp, token_weight / sum_exp
+    return loss, exp, mask / sum_exp
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -89,20 +93,27 @@ def _add_chunk_grads(g: torch.Tensor, scale: torch.Tensor, x_c: torch.Tensor, w:
                      start: int) -> None:
     """Write the chunk's rows of ``grad_x`` and add its part of ``grad_w`` (fp32).
 
-    The gradient of the logits is ``scale[:, None] * g``; the row scale is applied to the
-    ``[n, h]`` operands (the product's rows, or ``x_c``'s rows) rather than to ``g``. Both
-    GEMMs run in the compute dtype of ``w``: with bf16 on a GPU an fp32 ``g`` would send them
-    to the fp32 units, several times slower than the rest of the step. A bf16 chunk product
-    (fp32-accumulated inside the GEMM) is then added into the fp32 sum.
+    The gradient of the logits is ``scale[:, None] * g`` (``g`` fp32). The row scale is applied
+    to the ``[n, h]`` operands (the product's rows, or ``x_c``'s rows) rather than to ``g``,
+    which saves a pass over the largest tensor of the step. Both GEMMs run in the compute
+    dtype: an fp32 ``g`` sent them to the GPU's fp32 units. Each chunk's low-precision
+    weight-gradient product is added into the fp32 sum. fp16 is the exception: an unscaled
+    ``g`` reaches the vocabulary size (past fp16's range beyond 65k entries) and the scale
+    (down to ``1 / vocab``) is subnormal there, so ``g`` is scaled before its cast, to
+    ``softmax - onehot`` in [-1, 1].
     """
     scale = scale.unsqueeze(-1)
-    g = g if g.dtype == w.dtype else g.to(w.dtype)  # one pass, shared by both GEMMs
+    if w.dtype == torch.float16:
+        g, scale = g.mul_(scale).to(w.dtype), None
+    elif g.dtype != w.dtype:
+        g = g.to(w.dtype)  # one pass, shared by both GEMMs
     if grad_x is not None:
         rows = grad_x[start:start + g.shape[0]]
         torch.matmul(g, w, out=rows)
-        rows.mul_(scale.to(rows.dtype))
+        if scale is not None:
+            rows.mul_(scale.to(rows.dtype))
     if grad_w is not None:
-        scaled_x = x_c * scale.to(x_c.dtype)
+        scaled_x = x_c if scale is None else x_c * scale.to(x_c.dtype)
         if g.dtype == grad_w.dtype:
             grad_w.addmm_(g.t(), scaled_x)
         else:
@@ -112,7 +123,8 @@ def _add_chunk_grads(g: torch.Tensor, scale: torch.Tensor, x_c: torch.Tensor, w:
 class _FusedHeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                token_weight: torch.Tensor, tp: Group, chunk_tokens: int) -> torch.Tensor:
+                mask: torch.Tensor, count: torch.Tensor, tp: Group,
+                chunk_tokens: int) -> torch.Tensor:
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dtype = _compute_dtype(x)
         w = weight.to(dtype)  # one copy when the compute dtype differs, else none
@@ -128,8 +140,7 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
                 x_c = x[start:end].to(dtype)
                 out = None if buffer is None else buffer[: end - start]
                 loss, grad_logits, scale = _chunk_loss_and_grad(
-                    x_c, w, labels[start:end], token_weight[start:end].float(), tp,
-                    need_grad, out)
+                    x_c, w, labels[start:end], mask[start:end], tp, need_grad, out)
                 total += loss
                 if need_grad:
                     _add_chunk_grads(grad_logits, scale, x_c, w, grad_x, grad_w, start)
@@ -137,20 +148,27 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
                 # instead, before the next chunk's logits exist.
                 buffer = grad_logits if grad_logits.dtype == dtype else None
                 del grad_logits
-        ctx.grads = (None if grad_x is None else grad_x.to(x.dtype),
-                     None if grad_w is None else grad_w.to(weight.dtype))
-        return total
+        # Kept without the 1 / count factor (grad_w in fp32) until backward: see the module
+        # docstring.
+        ctx.grads, ctx.count = (grad_x, grad_w), count
+        ctx.dtypes = (x.dtype, weight.dtype)
+        return total / count
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
-        grad_x, grad_w = ctx.grads
+        (grad_x, grad_w), (x_dtype, w_dtype) = ctx.grads, ctx.dtypes
         ctx.grads = None
-        # These buffers are ours alone: scale them in place (no second [V, h] copy).
-        scale = grad_out.to(torch.float32)
-        for grad in (grad_x, grad_w):
-            if grad is not None:
-                grad.mul_(scale.to(grad.dtype))
-        return grad_x, grad_w, None, None, None, None
+        factor = grad_out.to(torch.float32) / ctx.count
+        grad_x = None if grad_x is None else _times(grad_x, factor, x_dtype)
+        grad_w = None if grad_w is None else _times(grad_w, factor, w_dtype)
+        return grad_x, grad_w, None, None, None, None, None
+
+
+def _times(grad: torch.Tensor, factor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``grad * factor`` computed in fp32 and rounded once to ``dtype``, as the unfused head's
+    gradients are; an fp32 buffer (ours alone) is scaled in place, not copied."""
+    scaled = grad.mul_(factor) if grad.dtype == torch.float32 else grad.float().mul_(factor)
+    return scaled.to(dtype)
 
 
 def fused_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -176,9 +194,9 @@ def fused_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels:
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
     mask = loss_mask.reshape(-1).float()
-    token_weight = mask / mask.sum().clamp(min=1.0)
+    count = mask.sum().clamp(min=1.0)
     flat = hidden.reshape(-1, hidden.shape[-1])  # [b*s, h]
-    return _FusedHeadCrossEntropy.apply(flat, weight, labels.reshape(-1), token_weight, tp,
+    return _FusedHeadCrossEntropy.apply(flat, weight, labels.reshape(-1), mask, count, tp,
                                         chunk_tokens)
 
 
