@@ -28,7 +28,8 @@ On a GPU (``--device auto`` picks CUDA when torch sees one) every step is timed 
 GPU to an idle GPU (synchronised before and after), the GEMM peak is probed with 8192-cubed
 products, HF gets torch's fused AdamW (what a GPU user would take) and the peak allocated GPU
 memory is reported as well; ``--path deepy`` then measures 1 process only on a one-GPU
-machine. ``configs/bench/125M.yml`` and ``1-3B.yml`` are the GPU shapes.
+machine. ``configs/bench/125M.yml`` and ``1-3B.yml`` are the GPU shapes, the default there
+(in bf16).
 
 All get uniform random tokens. Reported per side: tokens/s (median step), MFU, peak RSS, the
 share of step time spent waiting for data, and the ratios of each ``ours`` side over HF.
@@ -70,6 +71,11 @@ RESULT_TAG = "BENCH_RESULT "
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 SIDES = {"engine": ("ours", "hf"), "deepy": ("ours-1p", "ours-2p", "hf")}
 DEEPY_PROCESSES = {"ours-1p": 1, "ours-2p": 2}
+DEVICE_DEFAULTS = {
+    "cpu": (["19M", "pythia-70m"], ["fp32", "bf16"]),
+    "cuda": (["125M", "1-3B"], ["bf16"]),  # shapes a GPU can fill; bf16 is its training dtype
+}
+"""``(configs, precisions)`` when ``--configs`` / ``--precisions`` are not given."""
 
 
 @dataclass(frozen=True)
@@ -444,10 +450,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--configs", nargs="+", default=["19M", "pythia-70m"],
-                   help="names of configs/bench/*.yml")
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
-                   choices=sorted(PRECISION_DTYPES))
+    p.add_argument("--configs", nargs="+", default=None,
+                   help="names of configs/bench/*.yml (default: 19M pythia-70m on a CPU, "
+                        "125M 1-3B on a GPU)")
+    p.add_argument("--precisions", nargs="+", default=None,
+                   choices=sorted(PRECISION_DTYPES),
+                   help="default: fp32 bf16 on a CPU, bf16 on a GPU")
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first")
     p.add_argument("--repeats", type=int, default=None, help="measurements per side")
@@ -473,6 +481,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     opts.device = resolve_device(opts.device)
+    configs, precisions = DEVICE_DEFAULTS["cuda" if opts.device.startswith("cuda") else "cpu"]
+    opts.configs = opts.configs or configs
+    opts.precisions = opts.precisions or precisions
     if opts.path == "deepy" and opts.no_fused_loss:
         p.error("--no-fused-loss only works with --path engine (it patches the in-process build)")
     quick = {"steps": 2, "warmup": 1, "repeats": 1}

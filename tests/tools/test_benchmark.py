@@ -266,3 +266,15 @@ def test_device_auto_is_the_cpu_here_and_an_explicit_choice_is_kept() -> None:
     assert benchmark.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert benchmark.resolve_device("cpu") == "cpu"
     assert benchmark.resolve_device("cuda") == "cuda"
+
+
+def test_default_configs_and_precisions_follow_the_device() -> None:
+    cpu = benchmark.parse_args(["--device", "cpu"])
+    assert (cpu.configs, cpu.precisions) == (["19M", "pythia-70m"], ["fp32", "bf16"])
+    gpu = benchmark.parse_args(["--device", "cuda"])
+    assert (gpu.configs, gpu.precisions) == (["125M", "1-3B"], ["bf16"])
+    chosen = benchmark.parse_args(["--device", "cuda", "--configs", "19M", "--precisions",
+                                   "fp32"])
+    assert (chosen.configs, chosen.precisions) == (["19M"], ["fp32"])
+    for name in ("19M", "pythia-70m", "125M", "1-3B"):
+        assert (benchmark.CONFIG_DIR / f"{name}.yml").is_file()
