@@ -1,0 +1,146 @@
+"""Where one training step's time goes: our step (or HuggingFace's) under torch.profiler.
+
+    python tools/profile_step.py [--config 1-3B] [--precision bf16] [--side ours|hf]
+                                 [--device auto|cpu|cuda] [--steps 3] [--set KEY=VALUE ...]
+
+Builds one side exactly as tools/benchmark.py does (same configs, random tokens), warms up,
+times 10 steps, then profiles ``--steps`` more and prints, per step: wall time, the time the
+GPU spent in kernels (busy share, launches, host syncs), the time by family (GEMM,
+attention, optimizer, copy/cast, norm, other elementwise), and the top kernels and host ops.
+On a CPU the families are summed over the host ops' own time instead.
+
+It exists for the question the benchmark cannot answer: not how fast, but what to fix next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python tools/profile_step.py`
+    sys.path.insert(0, str(ROOT))
+
+from tools import benchmark  # noqa: E402
+
+FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # order matters: the first family whose marker occurs in the lower-cased name wins
+    ("attention", ("sdpa", "flash", "fmha", "attention", "softmax_backward_data")),
+    ("optimizer", ("adam", "multi_tensor", "foreach", "optimizer")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "aten::mm", "aten::addmm",
+              "aten::bmm", "aten::matmul", "mkldnn_matmul")),
+    ("norm", ("norm",)),
+    ("copy/cast", ("copy", "aten::to", "_to_copy", "cat")),
+)
+
+
+def kernel_family(name: str) -> str:
+    """The family of a kernel or host op name; ``elementwise/other`` when none matches."""
+    lower = name.lower()
+    for family, markers in FAMILIES:
+        if any(marker in lower for marker in markers):
+            return family
+    return "elementwise/other"
+
+
+def by_family(times: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """Sum ``(name, seconds)`` pairs per family, largest first."""
+    totals: dict[str, float] = {}
+    for name, seconds in times:
+        family = kernel_family(name)
+        totals[family] = totals.get(family, 0.0) + seconds
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def _is_annotation(event: Any) -> bool:
+    """Profiler ranges such as ``Optimizer.step#AdamW.step`` also appear on the GPU timeline;
+    they are not kernels and would count their time twice."""
+    return bool(getattr(event, "is_user_annotation", False)) or "#" in event.key
+
+
+def _build(opts: argparse.Namespace) -> tuple[Any, Any]:
+    args = benchmark.load_args(opts.config, opts.precision, opts.set)
+    if opts.side == "ours":
+        _, step = benchmark.build_ours(args, fused_loss=True)
+    else:
+        step = benchmark.build_hf(args, opts.precision, opts.device)
+    data = benchmark.random_batches(args.train_micro_batch_size_per_gpu, args.seq_length,
+                                    min(args.padded_vocab_size, 50257), device=opts.device)
+    return step, data
+
+
+def _report(prof: Any, steps: int, wall: float, cuda: bool) -> list[str]:
+    from torch.autograd import DeviceType
+
+    events = prof.key_averages()
+    host = [e for e in events if e.device_type == DeviceType.CPU]
+    lines = [f"profiled wall {wall * 1e3:.1f} ms/step"]
+    if cuda:
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA and not _is_annotation(e)]
+        busy = sum(e.self_device_time_total for e in kernels) / steps / 1e3
+        syncs = sum(e.count for e in host if "Synchronize" in e.key) // steps
+        lines.append(f"GPU kernels {busy:.1f} ms/step ({100 * busy / (wall * 1e3):.0f}% busy), "
+                     f"{sum(e.count for e in kernels) // steps} launches, {syncs} host syncs")
+        timed = [(e.key, e.self_device_time_total / steps / 1e3) for e in kernels]
+    else:
+        timed = [(e.key, e.self_cpu_time_total / steps / 1e3) for e in host]
+    families = ", ".join(f"{k} {v:.1f}" for k, v in by_family(timed).items())
+    lines.append(f"by family (ms/step): {families}")
+    lines.append("top " + ("kernels" if cuda else "host ops") + ":")
+    for name, ms in sorted(timed, key=lambda kv: -kv[1])[:12]:
+        lines.append(f"  {ms:8.2f} ms  {name[:100]}")
+    if cuda:
+        lines.append("top host ops (own time):")
+        for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:8]:
+            lines.append(f"  {e.self_cpu_time_total / steps / 1e3:8.2f} ms x{e.count // steps:<5} "
+                         f"{e.key[:90]}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=None, help="configs/bench/<name>.yml")
+    p.add_argument("--precision", default="bf16", choices=sorted(benchmark.PRECISION_DTYPES))
+    p.add_argument("--side", default="ours", choices=["ours", "hf"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--steps", type=int, default=3, help="profiled steps")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    opts = p.parse_args(argv)
+    opts.device = benchmark.resolve_device(opts.device)
+    cuda = opts.device.startswith("cuda")
+    opts.config = opts.config or benchmark.DEVICE_DEFAULTS["cuda" if cuda else "cpu"][0][0]
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    step, data = _build(opts)
+    for _ in range(2):
+        step(data)
+    times = []
+    for _ in range(10 if cuda else 2):
+        sync()
+        start = time.perf_counter()
+        step(data)
+        sync()
+        times.append(time.perf_counter() - start)
+    print(f"{opts.side} {opts.config} {opts.precision} on {opts.device}: step median "
+          f"{statistics.median(times) * 1e3:.1f} ms")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(opts.steps):
+            step(data)
+        sync()
+        wall = (time.perf_counter() - start) / opts.steps
+    print("\n".join(_report(prof, opts.steps, wall, cuda)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
