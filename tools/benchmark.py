@@ -93,9 +93,9 @@ class Measurement:
     setup_s: float | None
     cpu_s: list[float]
     truncated: bool = False
+    """A step ran past ``--step-limit`` and was cut off: its time is a lower bound."""
     peak_gpu_mb: float | None = None
     """``torch.cuda.max_memory_allocated`` on a GPU run; None on the CPU."""
-    """A step ran past ``--step-limit`` and was cut off: its time is a lower bound."""
 
     @property
     def median_step_s(self) -> float:
@@ -345,19 +345,16 @@ def measure(side: str, config: str, precision: str, opts: argparse.Namespace) ->
 
 
 def peak_flops(precision: str, threads: int, device: str = "cpu") -> float:
-    """GEMM peak FLOP/s measured now (a fresh cache, so not a stale number).
-
-    A GPU needs a large product to reach its peak (8192 cubed); 1024 already does on 2 cores.
-    """
+    """GEMM peak FLOP/s measured now (a fresh cache, so not a stale number), with the probe
+    the trainer uses on ``device`` (``megatron.utils.throughput.peak_probe``)."""
     import torch
 
-    from megatron.utils.throughput import measure_peak_flops
+    from megatron.utils.throughput import measure_peak_flops, peak_probe
 
     torch.set_num_threads(threads)
-    size = 8192 if device.startswith("cuda") else 1024
     with tempfile.TemporaryDirectory() as tmp:
-        return measure_peak_flops(getattr(torch, PRECISION_DTYPES[precision]), size=size,
-                                  seconds=2.0, device=device, cache_dir=tmp)
+        return measure_peak_flops(getattr(torch, PRECISION_DTYPES[precision]), seconds=2.0,
+                                  cache_dir=tmp, **peak_probe(device))
 
 
 def flops_and_tokens(config: str, overrides: list[str] | None = None) -> tuple[int, int]:

@@ -22,18 +22,9 @@ from megatron.training.norms import NormLogger
 from megatron.training.profiling import Profiling, peak_rss_mb
 from megatron.training.state import TrainState
 from megatron.training.step import StepResult
-from megatron.utils.throughput import resolve_peak_flops
+from megatron.utils.throughput import peak_probe, resolve_peak_flops
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def peak_probe(device: Any) -> dict[str, Any]:
-    """Where and how large the GEMM-peak probe runs: on the training device (a GPU's peak, not
-    its host's), and 8192-cubed there, since a GPU needs a large product to reach its peak."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return {"device": str(device), "size": 8192}
-    return {"device": "cpu"}
 
 
 class StepReporter:

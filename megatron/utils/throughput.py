@@ -13,6 +13,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -89,6 +90,16 @@ def _read_cache(path: Path) -> dict[str, float]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def peak_probe(device: str | torch.device) -> dict[str, Any]:
+    """``measure_peak_flops`` keywords for training on ``device``: the probe runs there (a
+    GPU's peak, not its host's), with 8192-cubed products on a GPU, which needs a large
+    product to reach its peak; the default 1024 already does on a CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {"device": str(device), "size": 8192}
+    return {"device": "cpu"}
 
 
 def measure_peak_flops(

@@ -130,10 +130,3 @@ def _sums_over_two_ranks(rank: int, world_size: int) -> None:
 @pytest.mark.timeout(120)
 def test_peak_rss_is_summed_over_ranks() -> None:
     run_distributed(_sums_over_two_ranks, world_size=2, timeout=100)
-
-
-def test_peak_probe_runs_on_the_training_device_with_a_gpu_sized_product() -> None:
-    from megatron.training.reporting import peak_probe
-
-    assert peak_probe("cpu") == {"device": "cpu"}
-    assert peak_probe(torch.device("cuda", 1)) == {"device": "cuda:1", "size": 8192}

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from megatron.utils import throughput
-from megatron.utils.throughput import measure_peak_flops, mfu, resolve_peak_flops, tflops
+from megatron.utils.throughput import (
+    measure_peak_flops,
+    mfu,
+    peak_probe,
+    resolve_peak_flops,
+    tflops,
+)
 
 
 def test_tflops_and_mfu_hand_computed() -> None:
@@ -64,3 +70,8 @@ def test_bf16_peak_is_the_fp32_units_where_the_cpu_has_no_bf16(
     monkeypatch.setattr(gemm, "_cpu_has_bf16_gemm", lambda: True)
     throughput.measure_peak_flops(torch.bfloat16, cache_dir=tmp_path)
     assert probed == [torch.float32, torch.bfloat16]
+
+
+def test_peak_probe_runs_on_the_training_device_with_a_gpu_sized_product() -> None:
+    assert peak_probe("cpu") == {"device": "cpu"}
+    assert peak_probe(torch.device("cuda", 1)) == {"device": "cuda:1", "size": 8192}
