@@ -247,6 +247,28 @@ def build_hf(args: Any, precision: str, device: str = "cpu") -> Any:
     return step
 
 
+def build_side(side: str, config: str, precision: str, *, device: str = "cpu",
+               overrides: list[str] | None = None,
+               fused_loss: bool = True) -> tuple[Any, Any, Iterator[tuple]]:
+    """``(args, step_fn, batches)`` of one side (``ours`` or ``hf``) as every measurement
+    builds it: the config with ``overrides``, the model on ``device``, random batches there."""
+    args = load_args(config, precision, overrides)
+    if side == "ours":
+        _, step = build_ours(args, fused_loss=fused_loss)
+    else:
+        step = build_hf(args, precision, device)
+    data = random_batches(args.train_micro_batch_size_per_gpu, args.seq_length,
+                          min(args.padded_vocab_size, 50257), device=device)
+    return args, step, data
+
+
+def device_sync(device: str) -> Any:
+    """A function that waits for ``device``'s queued work (nothing to wait for on a CPU)."""
+    import torch
+
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
 class StepLimit:
     """Cut the worker off when one step runs past ``limit`` seconds, reporting that step's
     time so far as a lower bound (``truncated``).
@@ -287,18 +309,12 @@ def run_worker(opts: argparse.Namespace) -> dict[str, Any]:
     from megatron.training.profiling import peak_rss_mb
 
     torch.set_num_threads(opts.threads)
-    cuda = opts.device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = device_sync(opts.device)
     start = time.perf_counter()
-    args = load_args(opts.config, opts.precision, opts.set)
-    if opts.worker == "ours":
-        _, step = build_ours(args, fused_loss=not opts.no_fused_loss)
-    else:
-        step = build_hf(args, opts.precision, opts.device)
+    _, step, batches = build_side(opts.worker, opts.config, opts.precision, device=opts.device,
+                                  overrides=opts.set, fused_loss=not opts.no_fused_loss)
     setup = time.perf_counter() - start
-    data = TimedIterator(random_batches(args.train_micro_batch_size_per_gpu, args.seq_length,
-                                        min(args.padded_vocab_size, 50257),
-                                        device=opts.device))
+    data = TimedIterator(batches)
     step_s, data_s, cpu_s = [], [], []
     for i in range(opts.warmup + opts.steps):
         sync()  # a GPU step is timed from idle to idle: queued kernels count where they ran
@@ -310,7 +326,8 @@ def run_worker(opts: argparse.Namespace) -> dict[str, Any]:
             step_s.append(time.perf_counter() - t0)
             cpu_s.append(time.process_time() - c0)
             data_s.append(data.waited - waited)
-    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if opts.device.startswith("cuda") \
+        else None
     return {"side": opts.worker, "step_s": step_s, "data_s": data_s, "peak_rss_mb": peak_rss_mb(),
             "setup_s": setup, "cpu_s": cpu_s, "peak_gpu_mb": gpu_mb}
 

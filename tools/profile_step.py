@@ -63,17 +63,6 @@ def _is_annotation(event: Any) -> bool:
     return bool(getattr(event, "is_user_annotation", False)) or "#" in event.key
 
 
-def _build(opts: argparse.Namespace) -> tuple[Any, Any]:
-    args = benchmark.load_args(opts.config, opts.precision, opts.set)
-    if opts.side == "ours":
-        _, step = benchmark.build_ours(args, fused_loss=True)
-    else:
-        step = benchmark.build_hf(args, opts.precision, opts.device)
-    data = benchmark.random_batches(args.train_micro_batch_size_per_gpu, args.seq_length,
-                                    min(args.padded_vocab_size, 50257), device=opts.device)
-    return step, data
-
-
 def _report(prof: Any, steps: int, wall: float, cuda: bool) -> list[str]:
     from torch.autograd import DeviceType
 
@@ -115,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     cuda = opts.device.startswith("cuda")
     opts.config = opts.config or benchmark.DEVICE_DEFAULTS["cuda" if cuda else "cpu"][0][0]
 
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    step, data = _build(opts)
+    sync = benchmark.device_sync(opts.device)
+    _, step, data = benchmark.build_side(opts.side, opts.config, opts.precision,
+                                         device=opts.device, overrides=opts.set)
     for _ in range(2):
         step(data)
     times = []
