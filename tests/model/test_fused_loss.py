@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from megatron.model import build_model
 from megatron.model.fused_loss import fused_head_cross_entropy
 from megatron.parallel import ParallelLayout, ProcessGroups
 from megatron.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megatron.utils import blas
 from tests.distributed import run_distributed
 from tests.model.conftest import tiny_inputs, tiny_spec
 
@@ -33,8 +36,18 @@ def _inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
     return x, w, labels, mask
 
 
+@pytest.fixture(params=["openblas", "torch"])
+def blas_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The head's fp32 products on each backend of ``megatron/utils/blas.py``."""
+    monkeypatch.setenv(blas.ENV_OVERRIDE, request.param)
+    blas.enabled.cache_clear()
+    assert blas.enabled() is (request.param == "openblas")
+    yield request.param
+    blas.enabled.cache_clear()
+
+
 @pytest.mark.parametrize("chunk", [1, 4, 21, 1000])
-def test_loss_and_grads_match_full_logits(chunk: int) -> None:
+def test_loss_and_grads_match_full_logits(blas_backend: str, chunk: int) -> None:
     x, w, labels, mask = _inputs()
     x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
     ref = _reference(x1, w1, labels, mask)
