@@ -66,7 +66,7 @@ def _chunk_loss_and_grad(
     """
     logits = mm(x, weight.t(), out=out).float()  # [n, v]
     v = logits.shape[-1]
-    row_max = logits.max(dim=-1).values  # [n]
+    row_max = logits.amax(dim=-1)  # [n]; max(dim) also finds indices: 3x slower on a CPU
     _all_reduce(row_max, tp, dist.ReduceOp.MAX)
     logits.sub_(row_max.unsqueeze(-1))
     start = tp.rank * v

@@ -25,7 +25,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor, tp: Group) -> torch.Tensor:
         x = logits.float()  # [b, s, v] with v = V / tp; a copy when logits are low precision
         v = x.shape[-1]
-        global_max = x.max(dim=-1).values  # [b, s]
+        global_max = x.amax(dim=-1)  # [b, s]
         _all_reduce(global_max, tp, dist.ReduceOp.MAX)
         x = x - global_max.unsqueeze(-1)
 
