@@ -38,6 +38,7 @@ ENV_OVERRIDE = "MEGATRON_CPU_BLAS"
 
 
 def _cpu_vendor() -> str:
+    """``vendor_id`` of ``/proc/cpuinfo`` (``AuthenticAMD``, ``GenuineIntel``, ...)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
@@ -50,6 +51,7 @@ def _cpu_vendor() -> str:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
+    """The loaded OpenBLAS with ``sgemm``'s signature declared; None without the wheel."""
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", THREAD_TIMEOUT)  # read when loaded,
     try:  # which importing the package does
         import scipy_openblas32
