@@ -106,10 +106,14 @@ def _usable(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> bool:
     return enabled()
 
 
-@functools.cache
+_given_threads: dict[str, int] = {}
+
+
 def _set_threads(lib: ctypes.CDLL, threads: int) -> None:
-    """Give OpenBLAS torch's thread count (once per count: the call is not free)."""
-    lib.scipy_openblas_set_num_threads(threads)
+    """Give OpenBLAS torch's thread count when it changed (the call is not free)."""
+    if _given_threads.get("openblas") != threads:
+        lib.scipy_openblas_set_num_threads(threads)
+        _given_threads["openblas"] = threads
 
 
 def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,

@@ -95,6 +95,19 @@ def test_other_dtypes_and_awkward_outputs_go_to_torch(monkeypatch: pytest.Monkey
                                rtol=1e-6, atol=1e-6)
 
 
+def test_openblas_follows_torchs_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    use(monkeypatch, "openblas")
+    before = torch.get_num_threads()
+    a, b = _matrix(8, 8, 0), _matrix(8, 8, 1)
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            blas.mm(a, b)
+            assert blas._library().scipy_openblas_get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_chosen_by_cpu_vendor_and_overridable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(blas.ENV_OVERRIDE, raising=False)
     for vendor, expected in (("AuthenticAMD", True), ("HygonGenuine", True),
