@@ -33,6 +33,10 @@ sleeps) unless the user sets it. The default, 2^28 cycles (~0.1 s), kept OpenBLA
 spinning through the element-wise work between products, on cores torch's own threads
 needed: on 2 cores the softmax, GELU and attention ops ran 1.4-2.8x slower."""
 
+PROFILER_NAME = "openblas::sgemm"
+"""How an OpenBLAS product shows in torch.profiler (``tools/profile_step.py`` counts it as a
+GEMM)."""
+
 ENV_OVERRIDE = "MEGATRON_CPU_BLAS"
 """``openblas`` or ``torch`` forces the choice (for measuring one against the other)."""
 
@@ -106,14 +110,11 @@ def _usable(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> bool:
     return enabled()
 
 
-_given_threads: dict[str, int] = {}
-
-
 def _set_threads(lib: ctypes.CDLL, threads: int) -> None:
-    """Give OpenBLAS torch's thread count when it changed (the call is not free)."""
-    if _given_threads.get("openblas") != threads:
+    """Give OpenBLAS torch's thread count when its own differs (setting it is not free;
+    reading it is)."""
+    if lib.scipy_openblas_get_num_threads() != threads:
         lib.scipy_openblas_set_num_threads(threads)
-        _given_threads["openblas"] = threads
 
 
 def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
@@ -134,7 +135,9 @@ def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
     (m, k), n = a.shape, b.shape[1]
     a, trans_a, lda = _operand(a)
     b, trans_b, ldb = _operand(b)
-    lib.scipy_cblas_sgemm(_ROW_MAJOR, trans_a, trans_b, m, n, k, 1.0, a.data_ptr(), lda,
-                          b.data_ptr(), ldb, 1.0 if accumulate else 0.0, out.data_ptr(),
-                          max(1, out.stride(0)))
+    # Named for torch.profiler: a ctypes call is otherwise counted as its caller's own time.
+    with torch.profiler.record_function(PROFILER_NAME):
+        lib.scipy_cblas_sgemm(_ROW_MAJOR, trans_a, trans_b, m, n, k, 1.0, a.data_ptr(), lda,
+                              b.data_ptr(), ldb, 1.0 if accumulate else 0.0, out.data_ptr(),
+                              max(1, out.stride(0)))
     return out

@@ -14,6 +14,7 @@ from tools import profile_step
     ("void cutlass::Kernel2<cutlass_80_simt_sgemm_256x128_8x4_nt_align1>", "gemm"),
     ("aten::mm", "gemm"),
     ("aten::addmm_", "gemm"),
+    ("openblas::sgemm", "gemm"),  # megatron.utils.blas.PROFILER_NAME
     ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26", "attention"),
     ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
     ("aten::_fused_adamw_", "optimizer"),
