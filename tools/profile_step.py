@@ -4,10 +4,10 @@
                                  [--device auto|cpu|cuda] [--steps 3] [--set KEY=VALUE ...]
 
 Builds one side exactly as tools/benchmark.py does (same configs, random tokens), warms up,
-times 10 steps, then profiles ``--steps`` more and prints, per step: wall time, the time the
-GPU spent in kernels (busy share, launches, host syncs), the time by family (GEMM,
-attention, optimizer, copy/cast, norm, other elementwise), and the top kernels and host ops.
-On a CPU the families are summed over the host ops' own time instead.
+times 10 steps (2 on a CPU), then profiles ``--steps`` more and prints, per step: wall time,
+the time the GPU spent in kernels (busy share, launches, host syncs), the time by family
+(GEMM, attention, optimizer, copy/cast, norm, other elementwise), and the top kernels and
+host ops. On a CPU the families are summed over the host ops' own time instead.
 
 It exists for the question the benchmark cannot answer: not how fast, but what to fix next.
 """

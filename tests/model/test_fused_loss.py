@@ -158,7 +158,6 @@ def test_bf16_weights_keep_their_dtype_and_stay_close() -> None:
     torch.testing.assert_close(xb.grad.float(), x1.grad, atol=1e-2, rtol=5e-2)
 
 
-
 @pytest.mark.parametrize("chunk", [4, 21])
 def test_bf16_gemms_match_an_fp64_oracle(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
     """Where bf16 GEMMs are native (GPUs), both gradient GEMMs run in bf16 and each chunk's
