@@ -121,6 +121,9 @@ def looks_like_comm_failure(exc: BaseException) -> bool:
 class Watchdog:
     """A heartbeat thread plus an excepthook that names the lost ranks before this rank dies."""
 
+    join_timeout = 10.0
+    """Seconds ``stop`` waits for the thread to finish its current beat (two store timeouts)."""
+
     def __init__(self, heartbeats: Heartbeats, *, interval: float, stale_after: float) -> None:
         self.hb, self.interval, self.stale_after = heartbeats, interval, stale_after
         self._stop = threading.Event()
@@ -146,11 +149,14 @@ class Watchdog:
         heartbeats = Heartbeats(store, dist.get_rank(), dist.get_world_size())
         heartbeats.announce()
         heartbeats.beat()
-        watchdog = cls(heartbeats, interval=interval, stale_after=stale_after)
-        sys.excepthook = watchdog._excepthook
-        atexit.register(watchdog.stop)
-        watchdog._thread.start()
-        return watchdog
+        return cls(heartbeats, interval=interval, stale_after=stale_after).watch()
+
+    def watch(self) -> Watchdog:
+        """Install the excepthook and the exit handler, and start beating."""
+        sys.excepthook = self._excepthook
+        atexit.register(self.stop)
+        self._thread.start()
+        return self
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -168,8 +174,16 @@ class Watchdog:
                 )
 
     def stop(self) -> None:
-        """Clean exit: tell the peers this rank is done, then stop the thread."""
+        """Clean exit: stop the thread, then tell the peers this rank is done.
+
+        The thread is joined, not just told to stop: a daemon thread still inside a store call
+        when the interpreter shuts down is killed as it takes the GIL back, from inside C++,
+        and that aborts the process ("terminate called without an active exception") after a
+        run that had finished well. One call waits at most the store's timeout.
+        """
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.join_timeout)
         if not self.hb.store_lost:
             try:
                 self.hb.mark("done")
