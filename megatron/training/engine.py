@@ -31,6 +31,7 @@ from megatron.tokenizer import build_tokenizer, padded_vocab_size
 from megatron.training import mup
 from megatron.training.faults import Watchdog
 from megatron.training.grad_clip import clip_grads_, global_grad_norm
+from megatron.training.grad_sync import use_shared_memory
 from megatron.training.lr_schedules import AnnealingLR
 from megatron.training.nonfinite import NonFiniteGuard
 from megatron.training.optimizers import DeepSpeedOptimizer, build_optimizer, param_groups
@@ -184,6 +185,8 @@ def build_run(args: Any) -> Run:
         # also what moves the gradients into the optimizer's partitions (without it the first
         # step failed with KeyError: 0 on one process).
         engine.enable_backward_allreduce = False
+    elif not is_pipe:
+        use_shared_memory(engine, groups.dp)  # CPU ranks of one machine, stage 0
     _clip_fp32_globally(engine, groups.tp.rank)
     return Run(args, groups, tokenizer, spec, engine, loss_fn, is_pipe, tracker, guard)
 
