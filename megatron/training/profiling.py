@@ -157,6 +157,16 @@ def time_engine(engine: Any, timers: Timers, is_pipe: bool) -> None:
         setattr(engine, method, _timed(getattr(engine, method), timers, name))
 
 
+def time_loss(run: Any, timers: Timers) -> None:
+    """Count the plain engine's loss function as forward time, as GPT-NeoX's timer does.
+
+    The fused output layer and cross entropy run there, outside ``engine.forward``: without
+    this, ``timers/forward`` left out about 60% of a 19M-shape forward on a CPU.
+    """
+    if not run.is_pipe:
+        run.loss_fn = _timed(run.loss_fn, timers, "forward")
+
+
 def _timed(fn: Callable[..., Any], timers: Timers, name: str) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         with timers(name):
@@ -196,6 +206,7 @@ class Profiling:
             sync = torch.cuda.synchronize if torch.cuda.is_available() else None
             timers = Timers(sync)
             time_engine(run.engine, timers, run.is_pipe)
+            time_loss(run, timers)
         return cls(trace, memory, timers)
 
     def before_step(self, iteration: int) -> None:

@@ -18,6 +18,7 @@ from megatron.training.profiling import (
     ProfilingError,
     StepProfiler,
     time_engine,
+    time_loss,
     trace_path,
 )
 from megatron.utils.timers import Timers
@@ -87,18 +88,27 @@ class _Engine:
         return None
 
 
-def test_engine_phases_are_timed_and_reported_per_step() -> None:
+def _loss(output: float, label: float) -> float:
+    time.sleep(0.03)  # the fused output layer and cross entropy live here
+    return output - label
+
+
+def test_engine_phases_and_the_loss_are_timed_and_reported_per_step() -> None:
     engine, timers = _Engine(), Timers()
+    run = SimpleNamespace(engine=engine, loss_fn=_loss, is_pipe=False)
     time_engine(engine, timers, is_pipe=False)
+    time_loss(run, timers)
     prof = Profiling(timers=timers)
     for it in (1, 2):
-        assert engine.forward(3.0) == 6.0
-        engine.backward(1.0)
+        loss = run.loss_fn(engine.forward(3.0), 1.0)
+        assert loss == 5.0
+        engine.backward(loss)
         engine.step()
         out = prof.after_step(it, will_log=(it == 2))
     assert set(out) == {"timers/forward", "timers/backward", "timers/optimizer"}
-    assert 20.0 <= out["timers/forward"] < 200.0  # milliseconds per step, over 2 steps
-    assert 10.0 <= out["timers/backward"] < out["timers/forward"]
+    # milliseconds per step, over 2 steps: forward 20 ms + loss 30 ms
+    assert 50.0 <= out["timers/forward"] < 250.0
+    assert 10.0 <= out["timers/backward"] < 50.0
 
 
 def test_profiling_from_run_without_output_dirs_warns(caplog: pytest.LogCaptureFixture) -> None:
