@@ -22,6 +22,7 @@ With tensor parallelism the weight holds this rank's vocabulary rows and only
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ import torch.distributed as dist
 from megatron.parallel.groups import Group
 from megatron.utils.blas import mm
 from megatron.utils.gemm import upcast_dtype
+from megatron.utils.row_exp import exp_rows_
 
 DEFAULT_CHUNK_TOKENS = 1024
 """Tokens per chunk on a CPU: 1024 x 50k fp32 logits is ~200 MB. On 2 CPU cores the head's
@@ -54,34 +56,93 @@ def _all_reduce(x: torch.Tensor, tp: Group, op: Any = None) -> None:
 
 def _chunk_loss_and_grad(
         x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-        tp: Group, need_grad: bool, out: torch.Tensor | None,
+        tp: Group, need_grad: bool, bufs: _Buffers,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weighted loss sum of one chunk, ``d(loss sum) / d(logits)`` up to a row scale, the scale.
 
-    x ``[n, h]``, weight ``[v, h]`` (this rank's rows), labels and mask ``[n]`` (fp32);
-    ``out``: a buffer for the logits (reused across chunks: a fresh 200 MB tensor page-faults
-    in again each time on the CPU). The gradient of token t's row is ``scale[t] * g[t]``; the
-    caller applies the scale to the small ``[n, h]`` operands instead of this ``[n, v]`` one,
-    which saves a pass over the largest tensor of the step.
+    x ``[n, h]``, weight ``[v, h]`` (this rank's rows), labels and mask ``[n]`` (fp32). The
+    logits go to ``bufs`` (see :class:`_Buffers`) and become ``exp(logit - max)`` in place,
+    in one pass on a CPU (``megatron.utils.row_exp``). The gradient of token t's row is
+    ``scale[t] * g[t]``; the caller applies the scale to the small ``[n, h]`` operands
+    instead of this ``[n, v]`` one, which saves a pass over the largest tensor of the step.
     """
-    logits = mm(x, weight.t(), out=out).float()  # [n, v]
+    n = x.shape[0]
+    w_t = weight.t() if bufs.weight_t is None else bufs.weight_t
+    logits = mm(x, w_t, out=bufs.logits[:n])  # [n, v]
+    if bufs.work is not bufs.logits:
+        logits = bufs.work[:n].copy_(logits)
     v = logits.shape[-1]
-    row_max = logits.amax(dim=-1)  # [n]; max(dim) also finds indices: 3x slower on a CPU
-    _all_reduce(row_max, tp, dist.ReduceOp.MAX)
-    logits.sub_(row_max.unsqueeze(-1))
     start = tp.rank * v
     outside = (labels < start) | (labels >= start + v)  # target on another rank
-    local = (labels - start).masked_fill(outside, 0)
-    target = logits.gather(-1, local.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
+    # Each row's target entry as an index into the flat chunk: gather_ and scatter_ on a
+    # bf16 CPU tensor copied the whole chunk to fp32 and back (60-80 ms per chunk).
+    at = (labels - start).masked_fill(outside, 0)
+    at += torch.arange(0, n * v, v, device=at.device)
+    flat = logits.view(-1)
+    target = flat[at].float().masked_fill(outside, 0.0)
     _all_reduce(target, tp)
-    exp = logits.exp_()  # reuse the chunk's buffer
-    sum_exp = exp.sum(dim=-1)
+    row_max = None
+    if tp.size > 1:  # the exponentials need the maximum over every rank's vocabulary
+        row_max = logits.amax(dim=-1).float()  # max(dim) also finds indices: 3x slower
+        _all_reduce(row_max, tp, dist.ReduceOp.MAX)
+    row_max, sum_exp = exp_rows_(logits, row_max)  # logits now hold exp(logit - max)
     _all_reduce(sum_exp, tp)
-    loss = ((sum_exp.log() - target) * mask).sum()
+    loss = ((sum_exp.log() + row_max - target) * mask).sum()
     if need_grad:
-        # d loss_t / d logit_j = (exp_j - [j == label_t] * sum_exp) * weight_t / sum_exp.
-        exp.scatter_add_(-1, local.unsqueeze(-1), -(sum_exp * (~outside)).unsqueeze(-1))
-    return loss, exp, mask / sum_exp
+        # d loss_t / d logit_j = (exp_j - [j == label_t] * sum_exp) * weight_t / sum_exp. The
+        # target's entry is computed in fp32 and rounded once: exp_t - sum_exp is small when
+        # the prediction is confident, and a rounded exp_t would swamp it.
+        at_target = ((target - row_max).exp() - sum_exp).to(logits.dtype)
+        flat[at] = torch.where(outside, flat[at], at_target)
+    return loss, logits, mask / sum_exp
+
+
+@dataclass
+class _Buffers:
+    """The chunk-sized tensors of one forward pass, allocated once and reused by every chunk.
+
+    On a CPU a fresh tensor of this size (100-200 MB) is mapped and page-faulted in again each
+    time it is created: with bf16 on AMX, creating the logits, their fp32 copy and the bf16
+    softmax gradient afresh per chunk took 3 x 50-60 ms of a 150 ms chunk, longer than its
+    forward GEMM.
+
+    Attributes:
+        logits: ``[chunk, v]`` in the compute dtype: the product's output, and the softmax
+            gradient the two gradient GEMMs read.
+        work: where the softmax is computed: ``logits`` itself, except under fp16, whose
+            gradient must be scaled in fp32 before it is cast (see ``_add_chunk_grads``).
+        grad_w_part: ``[v, h]`` in the compute dtype: one chunk's weight-gradient product
+            before it is added to the fp32 sum; None in fp32.
+        weight_t: the weight as a contiguous ``[h, v]`` copy, for bf16 on a CPU: oneDNN's
+            AMX products ``x @ weight.T`` and ``weight.T @ g.T`` ran at 880 and 714 GFLOP/s
+            with it against 621 and 392 with the transposed view of ``[v, h]`` (1024 x 512
+            x 50304, 2 cores); the copy costs ~30 ms once per step. None elsewhere.
+    """
+
+    logits: torch.Tensor
+    work: torch.Tensor
+    grad_w_part: torch.Tensor | None
+    weight_t: torch.Tensor | None
+
+    @classmethod
+    def allocate(cls, rows: int, weight: torch.Tensor, need_w: bool) -> _Buffers:
+        v, dtype = weight.shape[0], weight.dtype
+        logits = torch.empty((rows, v), dtype=dtype, device=weight.device)
+        fp16 = dtype == torch.float16
+        work = torch.empty((rows, v), device=weight.device) if fp16 else logits
+        part = torch.empty_like(weight) if dtype != torch.float32 and need_w else None
+        cpu_bf16 = weight.device.type == "cpu" and dtype == torch.bfloat16
+        return cls(logits, work, part, _transposed(weight) if cpu_bf16 else None)
+
+
+def _transposed(weight: torch.Tensor, rows: int = 256) -> torch.Tensor:
+    """``weight.T`` as a contiguous tensor, copied ``rows`` rows at a time: one
+    ``copy_`` of the whole transposed view took 65 ms for ``[50304, 512]`` bf16, this 27."""
+    out = torch.empty((weight.shape[1], weight.shape[0]), dtype=weight.dtype,
+                      device=weight.device)
+    for start in range(0, weight.shape[0], rows):
+        out[:, start:start + rows].copy_(weight[start:start + rows].t())
+    return out
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -94,34 +155,37 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _add_chunk_grads(g: torch.Tensor, scale: torch.Tensor, x_c: torch.Tensor, w: torch.Tensor,
                      grad_x: torch.Tensor | None, grad_w: torch.Tensor | None,
-                     start: int) -> None:
+                     start: int, bufs: _Buffers) -> None:
     """Write the chunk's rows of ``grad_x`` and add its part of ``grad_w`` (fp32).
 
-    The gradient of the logits is ``scale[:, None] * g`` (``g`` fp32). The row scale is applied
-    to the ``[n, h]`` operands (the product's rows, or ``x_c``'s rows) rather than to ``g``,
-    which saves a pass over the largest tensor of the step. Both GEMMs run in the compute
-    dtype: an fp32 ``g`` sent them to the GPU's fp32 units. Each chunk's low-precision
-    weight-gradient product is added into the fp32 sum. fp16 is the exception: an unscaled
-    ``g`` reaches the vocabulary size (past fp16's range beyond 65k entries) and the scale
-    (down to ``1 / vocab``) is subnormal there, so ``g`` is scaled before its cast, to
-    ``softmax - onehot`` in [-1, 1].
+    The gradient of the logits is ``scale[:, None] * g`` (``g`` in the compute dtype, fp32
+    under fp16). The row scale is applied to the ``[n, h]`` operands (the product's rows, or
+    ``x_c``'s rows) rather than to ``g``, which saves a pass over the largest tensor of the
+    step. Both GEMMs run in the compute dtype: an fp32 ``g`` sent them to the GPU's fp32
+    units. Each chunk's low-precision weight-gradient product is added into the fp32 sum.
+    fp16 is the exception: an unscaled ``g`` reaches the vocabulary size (past fp16's range
+    beyond 65k entries) and the scale (down to ``1 / vocab``) is subnormal there, so ``g`` is
+    scaled in fp32 before its cast, to ``softmax - onehot`` in [-1, 1].
     """
     scale = scale.unsqueeze(-1)
     if w.dtype == torch.float16:
-        g, scale = g.mul_(scale).to(w.dtype), None
-    elif g.dtype != w.dtype:
-        g = g.to(w.dtype)  # one pass, shared by both GEMMs
+        g, scale = g.mul_(scale), None
+    if g.dtype != w.dtype:  # fp16: one cast, shared by both GEMMs, into the logits' buffer
+        g = bufs.logits[:g.shape[0]].copy_(g)
     if grad_x is not None:
         rows = grad_x[start:start + g.shape[0]]
-        mm(g, w, out=rows)
+        if bufs.weight_t is None:
+            mm(g, w, out=rows)
+        else:  # [h, n], transposed into the rows: see _Buffers.weight_t
+            rows.copy_(torch.mm(bufs.weight_t, g.t()).t())
         if scale is not None:
             rows.mul_(scale.to(rows.dtype))
     if grad_w is not None:
         scaled_x = x_c if scale is None else x_c * scale.to(x_c.dtype)
-        if g.dtype == grad_w.dtype:
+        if bufs.grad_w_part is None:
             mm(g.t(), scaled_x, out=grad_w, accumulate=True)
         else:
-            grad_w.add_(torch.matmul(g.t(), scaled_x))
+            grad_w.add_(mm(g.t(), scaled_x, out=bufs.grad_w_part))
 
 
 class _FusedHeadCrossEntropy(torch.autograd.Function):
@@ -137,21 +201,18 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
         grad_w = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
                   if need_w else None)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
-        need_grad, buffer = need_x or need_w, None
+        need_grad = need_x or need_w
+        bufs = _Buffers.allocate(min(chunk_tokens, x.shape[0]), w, need_w)
         with torch.autocast(x.device.type, enabled=False):
             for start in range(0, x.shape[0], chunk_tokens):
                 end = min(start + chunk_tokens, x.shape[0])
                 x_c = x[start:end].to(dtype)
-                out = None if buffer is None else buffer[: end - start]
                 loss, grad_logits, scale = _chunk_loss_and_grad(
-                    x_c, w, labels[start:end], mask[start:end], tp, need_grad, out)
+                    x_c, w, labels[start:end], mask[start:end], tp, need_grad, bufs)
                 total += loss
                 if need_grad:
-                    _add_chunk_grads(grad_logits, scale, x_c, w, grad_x, grad_w, start)
-                # Reuse the product's buffer; an fp32 copy of a bf16 product is freed
-                # instead, before the next chunk's logits exist.
-                buffer = grad_logits if grad_logits.dtype == dtype else None
-                del grad_logits
+                    _add_chunk_grads(grad_logits, scale, x_c, w, grad_x, grad_w, start, bufs)
+        del bufs
         # Kept without the 1 / count factor (grad_w in fp32) until backward: see the module
         # docstring.
         ctx.grads, ctx.count = (grad_x, grad_w), count

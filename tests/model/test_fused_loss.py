@@ -11,7 +11,7 @@ from megatron.model import build_model
 from megatron.model.fused_loss import fused_head_cross_entropy
 from megatron.parallel import ParallelLayout, ProcessGroups
 from megatron.parallel.cross_entropy import vocab_parallel_cross_entropy
-from megatron.utils import blas
+from megatron.utils import blas, row_exp
 from tests.distributed import run_distributed
 from tests.model.conftest import tiny_inputs, tiny_spec
 
@@ -46,8 +46,20 @@ def blas_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     blas.enabled.cache_clear()
 
 
+@pytest.fixture(params=["kernel", "torch"])
+def exp_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The softmax passes on each path of ``megatron/utils/row_exp.py``."""
+    if request.param == "torch":
+        monkeypatch.setenv(row_exp.DISABLE_ENV, "torch")
+    row_exp._library.cache_clear()
+    assert (row_exp._library() is None) is (request.param == "torch")
+    yield request.param
+    row_exp._library.cache_clear()
+
+
 @pytest.mark.parametrize("chunk", [1, 4, 21, 1000])
-def test_loss_and_grads_match_full_logits(blas_backend: str, chunk: int) -> None:
+def test_loss_and_grads_match_full_logits(blas_backend: str, exp_backend: str,
+                                          chunk: int) -> None:
     x, w, labels, mask = _inputs()
     x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
     ref = _reference(x1, w1, labels, mask)
@@ -159,9 +171,11 @@ def test_bf16_weights_keep_their_dtype_and_stay_close() -> None:
 
 
 @pytest.mark.parametrize("chunk", [4, 21])
-def test_bf16_gemms_match_an_fp64_oracle(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
-    """Where bf16 GEMMs are native (GPUs), both gradient GEMMs run in bf16 and each chunk's
-    weight-gradient product is added into an fp32 sum; forced here on the CPU."""
+def test_bf16_gemms_match_an_fp64_oracle(monkeypatch: pytest.MonkeyPatch, exp_backend: str,
+                                         chunk: int) -> None:
+    """Where bf16 GEMMs are native (GPUs, CPUs with AMX), both gradient GEMMs run in bf16,
+    the softmax is computed over the bf16 logits in place, and each chunk's weight-gradient
+    product is added into an fp32 sum; forced here on any CPU."""
     import megatron.model.fused_loss as fused
 
     monkeypatch.setattr(fused, "upcast_dtype", lambda dtype, device: None)
@@ -217,3 +231,38 @@ def test_fp16_gradients_survive_a_realistic_token_count(monkeypatch: pytest.Monk
         assert got.dtype == torch.float16
         err = (got.double() - want).norm() / want.norm()
         assert err < 1e-2, err
+
+
+def test_confident_bf16_predictions_keep_their_target_gradient(
+        monkeypatch: pytest.MonkeyPatch, exp_backend: str) -> None:
+    """When the target holds almost all the probability, its gradient ``p - 1`` is a small
+    difference of two numbers near 1; computed from bf16-rounded values it would vanish or
+    double. The fused head computes it in fp32 and rounds once."""
+    import megatron.model.fused_loss as fused
+
+    monkeypatch.setattr(fused, "upcast_dtype", lambda dtype, device: None)
+    gen = torch.Generator().manual_seed(7)
+    w = torch.eye(64) + torch.randn(64, 64, generator=gen) * 0.01  # logits ~ x
+    labels = torch.randint(0, 64, (40,), generator=gen)
+    margin = 7 + 4 * torch.rand(40, 1, generator=gen)  # p(target) ~ 0.94 to 0.9999
+    x = torch.nn.functional.one_hot(labels, 64) * margin + torch.randn(40, 64, generator=gen) * 0.3
+    x16, w16 = x.bfloat16(), w.bfloat16()
+    x1 = x16.double().requires_grad_()
+    logits = x1 @ w16.double().t()
+    p_target = logits.softmax(-1).gather(-1, labels[:, None])
+    assert 0.9 < p_target.min() and p_target.max() < 0.9999
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+    x2 = x16.clone().requires_grad_()
+    fused_head_cross_entropy(x2, w16, labels, torch.ones(40), ProcessGroups.single().tp,
+                             chunk_tokens=16).backward()
+    err = (x2.grad.double() - x1.grad).norm() / x1.grad.norm()
+    assert err < 2e-2, err
+
+
+def test_transposed_weight_copy_equals_the_transpose() -> None:
+    from megatron.model.fused_loss import _transposed
+
+    w = torch.randn(1000, 24).bfloat16()
+    for rows in (7, 256, 5000):
+        got = _transposed(w, rows)
+        assert got.is_contiguous() and torch.equal(got, w.t())
