@@ -185,7 +185,15 @@ def _add_chunk_grads(g: torch.Tensor, scale: torch.Tensor, x_c: torch.Tensor, w:
         if bufs.grad_w_part is None:
             mm(g.t(), scaled_x, out=grad_w, accumulate=True)
         else:
-            grad_w.add_(mm(g.t(), scaled_x, out=bufs.grad_w_part))
+            _add_in_blocks(grad_w, mm(g.t(), scaled_x, out=bufs.grad_w_part))
+
+
+def _add_in_blocks(total: torch.Tensor, part: torch.Tensor, rows: int = 4096) -> None:
+    """``total += part`` for an fp32 ``total`` and a low-precision ``part``, ``rows`` rows at a
+    time: in one call torch converts the whole ``part`` into a fresh fp32 tensor first
+    (47 ms for ``[50304, 512]`` on a CPU, against 17 ms in blocks that stay in cache)."""
+    for start in range(0, total.shape[0], rows):
+        total[start:start + rows].add_(part[start:start + rows])
 
 
 class _FusedHeadCrossEntropy(torch.autograd.Function):

@@ -266,3 +266,15 @@ def test_transposed_weight_copy_equals_the_transpose() -> None:
     for rows in (7, 256, 5000):
         got = _transposed(w, rows)
         assert got.is_contiguous() and torch.equal(got, w.t())
+
+
+def test_blocked_add_equals_one_add() -> None:
+    from megatron.model.fused_loss import _add_in_blocks
+
+    total = torch.randn(1000, 8)
+    part = torch.randn(1000, 8).bfloat16()
+    want = total + part.float()
+    for rows in (3, 4096):
+        got = total.clone()
+        _add_in_blocks(got, part, rows)
+        assert torch.equal(got, want)
