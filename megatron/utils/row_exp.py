@@ -228,7 +228,7 @@ def _library() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or "cc"
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
-    except (OSError, subprocess.CalledProcessError) as err:
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or err
         LOG.warning("row_exp: no compiled kernel (%s), using torch ops: %s", compiler, detail)
         return None
