@@ -156,7 +156,8 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 def _add_chunk_grads(g: torch.Tensor, scale: torch.Tensor, x_c: torch.Tensor, w: torch.Tensor,
                      grad_x: torch.Tensor | None, grad_w: torch.Tensor | None,
                      start: int, bufs: _Buffers) -> None:
-    """Write the chunk's rows of ``grad_x`` and add its part of ``grad_w`` (fp32).
+    """Write the chunk's rows of ``grad_x`` and add its part of ``grad_w`` (fp32; the first
+    chunk, ``start == 0``, writes it).
 
     The gradient of the logits is ``scale[:, None] * g`` (``g`` in the compute dtype, fp32
     under fp16). The row scale is applied to the ``[n, h]`` operands (the product's rows, or
@@ -183,9 +184,13 @@ def _add_chunk_grads(g: torch.Tensor, scale: torch.Tensor, x_c: torch.Tensor, w:
     if grad_w is not None:
         scaled_x = x_c if scale is None else x_c * scale.to(x_c.dtype)
         if bufs.grad_w_part is None:
-            mm(g.t(), scaled_x, out=grad_w, accumulate=True)
+            mm(g.t(), scaled_x, out=grad_w, accumulate=start > 0)
         else:
-            _add_in_blocks(grad_w, mm(g.t(), scaled_x, out=bufs.grad_w_part))
+            part = mm(g.t(), scaled_x, out=bufs.grad_w_part)
+            if start > 0:
+                _add_in_blocks(grad_w, part)
+            else:
+                grad_w.copy_(part)
 
 
 def _add_in_blocks(total: torch.Tensor, part: torch.Tensor, rows: int = 4096) -> None:
@@ -205,9 +210,10 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
         dtype = _compute_dtype(x)
         w = weight.to(dtype)  # one copy when the compute dtype differs, else none
         grad_x = torch.empty(x.shape, dtype=dtype, device=x.device) if need_x else None
-        # Accumulate the weight gradient in fp32 across chunks, whatever the weight dtype.
-        grad_w = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-                  if need_w else None)
+        # Accumulate the weight gradient in fp32 across chunks, whatever the weight dtype;
+        # the first chunk writes it (no zero-fill pass over [v, h]), unless there is none.
+        new = torch.empty if x.shape[0] else torch.zeros
+        grad_w = new(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         need_grad = need_x or need_w
         bufs = _Buffers.allocate(min(chunk_tokens, x.shape[0]), w, need_w)

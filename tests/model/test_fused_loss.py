@@ -278,3 +278,16 @@ def test_blocked_add_equals_one_add() -> None:
         got = total.clone()
         _add_in_blocks(got, part, rows)
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_tokens_give_zero_gradients(dtype: torch.dtype) -> None:
+    """The first chunk writes the weight gradient instead of adding to zeros; with no chunk
+    at all it must still be zero, not uninitialised memory."""
+    x = torch.zeros(0, 16, dtype=dtype, requires_grad=True)
+    w = torch.randn(50, 16).to(dtype).requires_grad_()
+    out = fused_head_cross_entropy(x, w, torch.zeros(0, dtype=torch.long), torch.zeros(0),
+                                   ProcessGroups.single().tp)
+    out.backward()
+    assert out.item() == 0.0
+    assert torch.equal(w.grad, torch.zeros_like(w))
