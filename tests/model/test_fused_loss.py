@@ -11,7 +11,7 @@ from megatron.model import build_model
 from megatron.model.fused_loss import fused_head_cross_entropy
 from megatron.parallel import ParallelLayout, ProcessGroups
 from megatron.parallel.cross_entropy import vocab_parallel_cross_entropy
-from megatron.utils import blas, row_exp
+from megatron.utils import blas
 from tests.distributed import run_distributed
 from tests.model.conftest import tiny_inputs, tiny_spec
 
@@ -46,19 +46,8 @@ def blas_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     blas.enabled.cache_clear()
 
 
-@pytest.fixture(params=["kernel", "torch"])
-def exp_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The softmax passes on each path of ``megatron/utils/row_exp.py``."""
-    if request.param == "torch":
-        monkeypatch.setenv(row_exp.DISABLE_ENV, "torch")
-    row_exp._library.cache_clear()
-    assert (row_exp._library() is None) is (request.param == "torch")
-    yield request.param
-    row_exp._library.cache_clear()
-
-
 @pytest.mark.parametrize("chunk", [1, 4, 21, 1000])
-def test_loss_and_grads_match_full_logits(blas_backend: str, exp_backend: str,
+def test_loss_and_grads_match_full_logits(blas_backend: str, row_exp_backend: str,
                                           chunk: int) -> None:
     x, w, labels, mask = _inputs()
     x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
@@ -171,7 +160,7 @@ def test_bf16_weights_keep_their_dtype_and_stay_close() -> None:
 
 
 @pytest.mark.parametrize("chunk", [4, 21])
-def test_bf16_gemms_match_an_fp64_oracle(monkeypatch: pytest.MonkeyPatch, exp_backend: str,
+def test_bf16_gemms_match_an_fp64_oracle(monkeypatch: pytest.MonkeyPatch, row_exp_backend: str,
                                          chunk: int) -> None:
     """Where bf16 GEMMs are native (GPUs, CPUs with AMX), both gradient GEMMs run in bf16,
     the softmax is computed over the bf16 logits in place, and each chunk's weight-gradient
@@ -234,7 +223,7 @@ def test_fp16_gradients_survive_a_realistic_token_count(monkeypatch: pytest.Monk
 
 
 def test_confident_bf16_predictions_keep_their_target_gradient(
-        monkeypatch: pytest.MonkeyPatch, exp_backend: str) -> None:
+        monkeypatch: pytest.MonkeyPatch, row_exp_backend: str) -> None:
     """When the target holds almost all the probability, its gradient ``p - 1`` is a small
     difference of two numbers near 1; computed from bf16-rounded values it would vanish or
     double. The fused head computes it in fp32 and rounds once."""

@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 from megatron.utils import row_exp
-
-
-@pytest.fixture(params=["kernel", "torch"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Each path of ``exp_rows_``: the compiled kernel, and torch ops."""
-    if request.param == "torch":
-        monkeypatch.setenv(row_exp.DISABLE_ENV, "torch")
-    row_exp._library.cache_clear()
-    assert (row_exp._library() is None) is (request.param == "torch")
-    yield request.param
-    row_exp._library.cache_clear()
 
 
 def _oracle(x: torch.Tensor, row_max: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
@@ -36,7 +24,7 @@ def _logits(rows: int, cols: int, dtype: torch.dtype, seed: int = 0) -> torch.Te
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_exp_and_sums_match_float64(backend: str, dtype: torch.dtype) -> None:
+def test_exp_and_sums_match_float64(row_exp_backend: str, dtype: torch.dtype) -> None:
     x = _logits(37, 1000, dtype)
     m, e, s = _oracle(x)
     got = x.clone()
@@ -52,7 +40,7 @@ def test_exp_and_sums_match_float64(backend: str, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_given_maximum_is_used_instead_of_the_rows_own(backend: str,
+def test_a_given_maximum_is_used_instead_of_the_rows_own(row_exp_backend: str,
                                                          dtype: torch.dtype) -> None:
     """Under tensor parallelism the maximum is taken over every rank's vocabulary."""
     x = _logits(5, 300, dtype, seed=1)
@@ -65,7 +53,7 @@ def test_a_given_maximum_is_used_instead_of_the_rows_own(backend: str,
     torch.testing.assert_close(got.double(), e, rtol=2.0**-8, atol=1e-30)
 
 
-def test_rows_of_a_wider_tensor_leave_the_rest_alone(backend: str) -> None:
+def test_rows_of_a_wider_tensor_leave_the_rest_alone(row_exp_backend: str) -> None:
     """A view of some columns (row stride larger than the row) is computed in place."""
     wide = _logits(9, 70, torch.float32, seed=2)
     before = wide.clone()
@@ -78,7 +66,7 @@ def test_rows_of_a_wider_tensor_leave_the_rest_alone(backend: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_non_finite_logits_make_their_row_sum_nan(backend: str, dtype: torch.dtype) -> None:
+def test_non_finite_logits_make_their_row_sum_nan(row_exp_backend: str, dtype: torch.dtype) -> None:
     """NaN must reach the loss, so the trainer's guard sees it; -inf is an ordinary zero."""
     x = _logits(4, 50, dtype, seed=3)
     x[0, 5] = float("nan")
@@ -91,7 +79,7 @@ def test_non_finite_logits_make_their_row_sum_nan(backend: str, dtype: torch.dty
     torch.testing.assert_close(sums[2:].double(), _oracle(x[2:])[2], rtol=1e-6, atol=0)
 
 
-def test_very_negative_differences_underflow_to_zero(backend: str) -> None:
+def test_very_negative_differences_underflow_to_zero(row_exp_backend: str) -> None:
     x = torch.tensor([[0.0, -10.0, -79.0, -81.0, -200.0, -1e30]])
     got = x.clone()
     _, sums = row_exp.exp_rows_(got)
