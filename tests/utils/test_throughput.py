@@ -47,11 +47,20 @@ def test_probe_keeps_the_best_reading(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_probe_counts_two_flops_per_multiply_add(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A fake clock that advances 0.5 s per reading: 1 start + 1 read per GEMM.
+    # A fake clock: 1 start + 1 read per GEMM in each window.
     clock = iter([0.0, 0.5, 1.0, 1.5])
     monkeypatch.setattr(throughput.time, "perf_counter", lambda: next(clock))
     # Three timed GEMMs of 2 * 10^3 FLOPs in 1.5 s = 4000 FLOP/s.
-    assert throughput._time_gemm(torch.float32, 10, 1.5, "cpu") == pytest.approx(4000.0)
+    assert throughput._time_gemm(torch.float32, 10, 1.5, "cpu", windows=1) == pytest.approx(4000.0)
+
+
+def test_probe_reports_its_best_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A neighbour's burst slows one window; the other shows what the cores can do."""
+    # Window 1 (0.5 s each): two GEMMs in 0.5 s; window 2: one GEMM in 1.0 s (slowed).
+    clock = iter([0.0, 0.25, 0.5, 0.5, 1.5])
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: next(clock))
+    got = throughput._time_gemm(torch.float32, 10, 1.0, "cpu", windows=2)
+    assert got == pytest.approx(2 * 2 * 10**3 / 0.5)
 
 
 def test_configured_peak_overrides_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
