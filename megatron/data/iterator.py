@@ -9,9 +9,11 @@ uninterrupted run would have produced next.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -46,14 +48,24 @@ def _batches(dataset: Sequence[Any], micro: int, dp_rank: int, dp_size: int,
 
 
 class _Prefetcher:
-    """Runs a batch generator in a daemon thread, ``depth`` batches ahead of the consumer."""
+    """Runs a batch generator in a daemon thread, ``depth`` batches ahead of the consumer.
+
+    Every prefetcher still running at interpreter exit is stopped and joined first
+    (:func:`_close_running`): a daemon thread that is inside a torch op when the interpreter
+    shuts down is killed from inside C++ as it takes the GIL back, which aborts the process
+    ("terminate called without an active exception", exit 250) after a run that finished
+    well. Training stops with the prefetcher one or two batches ahead, so that was common.
+    """
 
     _DONE = object()
+    join_timeout = 30.0
+    """Seconds ``close`` waits for the thread to finish the batch it is preparing."""
 
     def __init__(self, source: Iterator[Batch], depth: int) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, args=(source,), daemon=True)
+        _RUNNING.add(self)
         self._thread.start()
 
     def _put(self, item: Any) -> bool:
@@ -87,8 +99,21 @@ class _Prefetcher:
         return item
 
     def close(self) -> None:
-        """Stop the background thread (it also stops on its own at the end of the data)."""
+        """Stop the background thread and wait for it (it also stops on its own at the end
+        of the data)."""
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.join_timeout)
+
+
+_RUNNING: weakref.WeakSet[_Prefetcher] = weakref.WeakSet()
+"""Prefetchers whose thread may still run; a finished one is collected with its thread."""
+
+
+@atexit.register
+def _close_running() -> None:
+    for prefetcher in list(_RUNNING):
+        prefetcher.close()
 
 
 class TimedIterator:
