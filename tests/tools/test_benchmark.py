@@ -278,3 +278,17 @@ def test_default_configs_and_precisions_follow_the_device() -> None:
     assert (chosen.configs, chosen.precisions) == (["19M"], ["fp32"])
     for name in ("19M", "pythia-70m", "125M", "1-3B"):
         assert (benchmark.CONFIG_DIR / f"{name}.yml").is_file()
+
+
+def test_compare_takes_the_higher_of_two_peak_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peak is probed before and after the sides run; a slow spell during one probe
+    must not turn into MFU above 100%."""
+    probes = iter([1e12, 3e12])
+    monkeypatch.setattr(benchmark, "peak_flops", lambda *args: next(probes))
+    monkeypatch.setattr(benchmark, "flops_and_tokens", lambda config, sets: (9e11, 4096))
+    monkeypatch.setattr(benchmark, "measure", lambda side, *args: benchmark.Measurement(
+        side, [3.0], [0.0], 800.0, 1.0, [6.0]))
+    opts = benchmark.parse_args(["--path", "engine", "--repeats", "1"])
+    rows = benchmark.compare("19M", "fp32", opts)
+    assert {r["peak_tflops"] for r in rows if "peak_tflops" in r} == {3.0}
+    assert rows[0]["mfu"] == pytest.approx(9e11 / 3.0 / 3e12)
