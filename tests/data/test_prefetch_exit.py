@@ -9,14 +9,12 @@ exception" (exit 250): a finished 1-process benchmark run ended so, and this scr
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.exits import assert_exits_cleanly
+
 
 # Every batch is a few hundred ms of torch ops, so the thread is inside one at exit.
 SCRIPT = textwrap.dedent("""
@@ -41,9 +39,4 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.timeout(180)
 def test_exit_stops_the_prefetch_thread_instead_of_aborting() -> None:
-    for attempt in range(3):
-        done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True,
-                              text=True, timeout=60)
-        assert "main thread done" in done.stdout
-        assert done.returncode == 0, (attempt, done.returncode, done.stderr[-2000:])
-        assert "terminate called" not in done.stderr
+    assert_exits_cleanly(SCRIPT, attempts=3)

@@ -9,14 +9,11 @@ inside C++, which aborts the process with "terminate called without an active ex
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.exits import assert_exits_cleanly
 
 # A store whose ``add`` first blocks inside C++ for 0.5 s (a wait for a key that never comes),
 # so the watchdog thread is certainly inside a C++ call when the main thread exits.
@@ -48,9 +45,4 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.timeout(120)
 def test_exit_waits_for_the_heartbeat_thread_instead_of_aborting() -> None:
-    for attempt in range(2):
-        done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True,
-                              text=True, timeout=60)
-        assert "main thread done" in done.stdout
-        assert done.returncode == 0, (attempt, done.returncode, done.stderr[-2000:])
-        assert "terminate called" not in done.stderr
+    assert_exits_cleanly(SCRIPT, attempts=2)
