@@ -25,6 +25,8 @@ import platform
 
 import torch
 
+from megatron.utils.cpuinfo import cpuinfo_field
+
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 THREAD_TIMEOUT = "4"
@@ -43,14 +45,7 @@ ENV_OVERRIDE = "MEGATRON_CPU_BLAS"
 
 def _cpu_vendor() -> str:
     """``vendor_id`` of ``/proc/cpuinfo`` (``AuthenticAMD``, ``GenuineIntel``, ...)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return cpuinfo_field("vendor_id") or platform.processor()
 
 
 @functools.cache

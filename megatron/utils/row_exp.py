@@ -31,6 +31,9 @@ from pathlib import Path
 
 import torch
 
+from megatron.utils.cpuinfo import cpuinfo_field
+from megatron.utils.throughput import DEFAULT_CACHE_DIR
+
 LOG = logging.getLogger(__name__)
 
 CACHE_ENV = "MEGATRON_KERNEL_CACHE"
@@ -186,18 +189,8 @@ int row_exp(void *data, int64_t rows, int64_t cols, int64_t ld, int bf16, int ha
 _KINDS = {torch.bfloat16: 1, torch.float32: 0}
 
 
-def _cpu_flags() -> str:
-    """The CPU's feature flags, part of the cache key: the kernel is built for this CPU."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return ""
-
-
 def _cache_dir() -> Path:
-    default = Path.home() / ".cache" / "neox-trainer" / "kernels"
-    return Path(os.environ.get(CACHE_ENV) or default)
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR / "kernels")
 
 
 def _build(compiler: str) -> Path:
@@ -206,7 +199,8 @@ def _build(compiler: str) -> Path:
     Written to a temporary name and renamed, so ranks building at once never load a
     half-written file.
     """
-    key = hashlib.sha256("\0".join([SOURCE, compiler, *FLAGS, _cpu_flags()]).encode())
+    # The CPU's feature flags are part of the key: the kernel is built for this CPU.
+    key = hashlib.sha256("\0".join([SOURCE, compiler, *FLAGS, cpuinfo_field("flags")]).encode())
     target = _cache_dir() / f"row_exp-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -228,7 +222,7 @@ def _library() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or "cc"
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
-    except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
+    except (OSError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or err
         LOG.warning("row_exp: no compiled kernel (%s), using torch ops: %s", compiler, detail)
         return None
