@@ -33,6 +33,11 @@ from megatron.training.faults import Watchdog
 from megatron.training.grad_clip import clip_grads_, global_grad_norm
 from megatron.training.grad_sync import use_shared_memory
 from megatron.training.lr_schedules import AnnealingLR
+from megatron.training.master_weights import (
+    MasterWeights,
+    cast_parameters_,
+    why_not_master_weights,
+)
 from megatron.training.nonfinite import NonFiniteGuard
 from megatron.training.optimizers import DeepSpeedOptimizer, build_optimizer, param_groups
 from megatron.training.state import seed_everything
@@ -155,13 +160,14 @@ def build_run(args: Any) -> Run:
         groups_of_params = mup.mup_param_groups(
             groups_of_params, args.optimizer["type"], args.weight_decay
         )
-    optimizer = build_optimizer(
-        groups_of_params,
-        args.optimizer,
-        weight_decay=args.weight_decay,
-        use_bnb_optimizer=args.use_bnb_optimizer,
-    )
+    def build(groups_: list[dict[str, Any]]) -> Any:
+        return build_optimizer(groups_, args.optimizer, weight_decay=args.weight_decay,
+                               use_bnb_optimizer=args.use_bnb_optimizer)
+
+    optimizer = build(groups_of_params)
     config = _deepspeed_config(args)
+    optimizer = _bf16_master_weights(args, model, groups_of_params, optimizer, build, config,
+                                     groups, is_pipe)
     if not isinstance(optimizer, torch.optim.AdamW | torch.optim.Adam):
         # DeepSpeed only vouches for its own optimizer list under ZeRO; ours are tested here.
         config.setdefault("zero_allow_untested_optimizer", True)
@@ -170,7 +176,9 @@ def build_run(args: Any) -> Run:
         config["optimizer"], optimizer, scheduler = optimizer.config, None, None
     else:
         scheduler = AnnealingLR.from_args(optimizer, args)
-    guard = NonFiniteGuard(optimizer) if optimizer is not None else None
+    # MasterWeights checks its own gradients (their norm) before it steps.
+    checked = optimizer is None or isinstance(optimizer, MasterWeights)
+    guard = None if checked else NonFiniteGuard(optimizer)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -191,6 +199,27 @@ def build_run(args: Any) -> Run:
     return Run(args, groups, tokenizer, spec, engine, loss_fn, is_pipe, tracker, guard)
 
 
+def _bf16_master_weights(args: Any, model: torch.nn.Module, groups_of_params: list,
+                         optimizer: Any, build: Callable, config: dict[str, Any],
+                         groups: ProcessGroups, is_pipe: bool) -> Any:
+    """`optimizer`, or a MasterWeights over bf16 weights where we keep them (see its module).
+
+    DeepSpeed then sees an fp32 run: `config` loses bf16 and gains bf16 gradient
+    communication, as DeepSpeed's bf16 mode reduces them.
+    """
+    reason = why_not_master_weights(args.precision, args.zero_optimization.get("stage", 0),
+                                    is_pipe, optimizer)
+    if reason is not None:
+        LOG.debug("bf16 master weights kept by DeepSpeed: %s", reason)
+        return optimizer
+    cast_parameters_(model, torch.bfloat16)
+    config["bf16"] = {**config.get("bf16", {}), "enabled": False}
+    config.setdefault("communication_data_type", "bf16")
+    return MasterWeights(groups_of_params, build, clip=args.gradient_clipping,
+                         tp_rank=groups.tp.rank,
+                         model_group=groups.tp.group if groups.tp.size > 1 else None)
+
+
 def _clip_fp32_globally(engine: Any, tp_rank: int) -> None:
     """Replace DeepSpeed's fp32 clipping with one that counts every stage (see grad_clip).
 
@@ -198,6 +227,10 @@ def _clip_fp32_globally(engine: Any, tp_rank: int) -> None:
     plain fp32 it goes through `clip_fp32_gradients`, which we take over here so the norm
     is global on a pipeline too, and is kept for logging.
     """
+
+    if isinstance(engine.optimizer, MasterWeights):
+        engine.clip_fp32_gradients = lambda: None  # it clips its fp32 copies itself
+        return
 
     def clip() -> None:
         params = list(engine.module.parameters())

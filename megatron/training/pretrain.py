@@ -27,13 +27,19 @@ def resume(run: Any) -> TrainState:
             LOG.info("no checkpoint found under %r: training starts from scratch", a.load)
         return TrainState()
     finetune = bool(a.finetune)
+    load_optim = not (a.no_load_optim or finetune)
     _, client = run.engine.load_checkpoint(
         a.load,
         tag=tag,
-        load_optimizer_states=not (a.no_load_optim or finetune),
-        load_lr_scheduler_states=not (a.no_load_optim or finetune),
+        load_optimizer_states=load_optim,
+        load_lr_scheduler_states=load_optim,
         load_module_only=finetune,
     )
+    masters = getattr(run.engine.optimizer, "refresh_fp32_params", None)
+    if not load_optim and masters is not None:
+        # fp32 master weights from the loaded ones, or the first step would put back the
+        # masters of the initialisation (DeepSpeed refreshes them only for module-only loads).
+        masters()
     if finetune or client is None:
         LOG.info("loaded weights from %s/%s; starting at iteration 0", a.load, tag)
         return TrainState()
