@@ -11,8 +11,9 @@ hits all of them. Every measurement is a fresh process tree, so peak RSS belongs
 
 - ours (``--path engine``, the default): the engine built in-process,
   ``megatron.training.engine.build_run`` (DeepSpeed engine, one process) and
-  ``megatron.training.step.train_step`` over random batches; bf16 is DeepSpeed's bf16 mode
-  (bf16 weights, fp32 master weights in the optimizer).
+  ``megatron.training.step.train_step`` over random batches; bf16 is bf16 weights with fp32
+  master weights in the optimizer (ours at ZeRO stage 0, megatron/training/master_weights.py;
+  DeepSpeed's under ZeRO).
 - ours-1p, ours-2p (``--path deepy``): ``./deepy.py train.py`` launched for real (see
   tools/benchmark_deepy.py) on a random-token ``.bin/.idx`` corpus, as 1 process with
   ``--threads`` torch threads and as 2 data-parallel processes with ``--threads // 2`` each
