@@ -59,8 +59,8 @@ def why_not_master_weights(precision: str, zero_stage: int, is_pipe: bool,
 
 
 def cast_parameters_(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Parameters to ``dtype``, buffers left alone (rotary frequencies stay fp32), in place,
-    as DeepSpeed casts a bf16 model; a tied parameter stays one tensor."""
+    """Parameters to ``dtype`` in place, buffers left alone, as DeepSpeed casts a bf16 model;
+    each Parameter object survives (tied weights, optimizer groups)."""
     for param in model.parameters():
         param.data = param.data.to(dtype)
 
@@ -91,7 +91,8 @@ class MasterWeights(torch.optim.Optimizer):
     ) -> None:
         model_groups = [dict(g) for g in groups]
         self.model_params = [list(g["params"]) for g in model_groups]
-        self.fp32_groups = [[p.detach().float() for p in ps] for ps in self.model_params]
+        self.fp32_groups = [[p.detach().to(torch.float32, copy=True) for p in ps]
+                            for ps in self.model_params]  # a copy even of an fp32 parameter
         for master in (m for ms in self.fp32_groups for m in ms):
             master.requires_grad_(True)
         pairs = zip(model_groups, self.fp32_groups, strict=True)

@@ -83,6 +83,43 @@ def test_updates_match_fp32_adamw_on_the_same_gradients() -> None:
     assert clipped >= 3  # the limit was hit, so the clip was exercised
 
 
+@pytest.mark.parametrize("name", ["sgd", "lion"])
+def test_any_registered_optimizer_runs_on_the_masters(name: str) -> None:
+    """The inner optimizer is whatever ``optimizer.type`` builds: here SGD with momentum and
+    Lion, each checked against the same optimizer run on fp32 copies."""
+    from megatron.training.optimizers import build_optimizer
+
+    cfg = {"type": name, "params": {"lr": 1e-2} | ({"momentum": 0.9} if name == "sgd" else {})}
+
+    def build(groups: list[dict]) -> torch.optim.Optimizer:
+        return build_optimizer(groups, cfg, weight_decay=0.1)
+
+    model = tiny_model()
+    cast_parameters_(model, torch.bfloat16)
+    opt = MasterWeights(groups_of(model), build)
+    flat = [p for g in groups_of(model) for p in g["params"]]
+    masters = [p.detach().float().clone().requires_grad_(True) for p in flat]
+    start = [m.detach().clone() for m in masters]
+    ref = build([{"params": masters[:2]}, {"params": masters[2:], "weight_decay": 0.0}])
+    for step in range(3):
+        backward(model, step)
+        for m, p in zip(masters, flat, strict=True):
+            m.grad = p.grad.float()
+        ref.step()
+        opt.step()
+        opt.zero_grad()
+    mine = [m for ms in opt.fp32_groups for m in ms]
+    for m, theirs in zip(mine, masters, strict=True):
+        torch.testing.assert_close(m.detach(), theirs.detach(), rtol=1e-6, atol=1e-7)
+    assert all(not torch.equal(m, s) for m, s in zip(mine, start, strict=True))  # they moved
+
+
+def test_an_fp32_parameter_gets_its_own_master() -> None:
+    model = tiny_model()
+    opt = MasterWeights(groups_of(model), adamw)
+    assert opt.fp32_groups[0][0].data_ptr() != model[0].weight.data_ptr()
+
+
 def test_master_order_follows_the_groups() -> None:
     model, opt = bf16_setup()
     flat = [p for g in groups_of(model) for p in g["params"]]
