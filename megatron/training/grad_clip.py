@@ -31,6 +31,11 @@ def global_grad_norm(
 ) -> torch.Tensor:
     """L2 norm of all gradients of one model replica (summed over pipe x tensor ranks)."""
     grads = [p.grad.detach() for p in params if p.grad is not None and counted_once(p, tp_rank)]
+    return replica_norm(grads, model_group)
+
+
+def replica_norm(grads: list[torch.Tensor], model_group: object | None) -> torch.Tensor:
+    """L2 norm of ``grads`` (this rank's counted-once share) summed over ``model_group``."""
     # One multi-tensor pass (fp32 accumulation) instead of a pow and a sum per parameter.
     total = (torch.nn.utils.get_total_norm(grads).float() ** 2 if grads
              else torch.zeros((), dtype=torch.float32, device=collective_device()))

@@ -28,9 +28,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from megatron.training.grad_clip import counted_once
+from megatron.training.grad_clip import counted_once, replica_norm
 
 OPTIMIZER_STATE_DICT = "optimizer_state_dict"  # DeepSpeed's key for the inner optimizer
 ENV_OVERRIDE = "MEGATRON_BF16_OPTIMIZER"
@@ -90,13 +89,14 @@ class MasterWeights(torch.optim.Optimizer):
         model_group: Any = None,
     ) -> None:
         model_groups = [dict(g) for g in groups]
-        self.model_params = [list(g["params"]) for g in model_groups]
-        self.fp32_groups = [[p.detach().to(torch.float32, copy=True) for p in ps]
-                            for ps in self.model_params]  # a copy even of an fp32 parameter
-        for master in (m for ms in self.fp32_groups for m in ms):
-            master.requires_grad_(True)
-        pairs = zip(model_groups, self.fp32_groups, strict=True)
-        self.inner = build([{**g, "params": ms} for g, ms in pairs])
+        self.fp32_groups = [[p.detach().to(torch.float32, copy=True).requires_grad_(True)
+                             for p in g["params"]]  # a copy even of an fp32 parameter
+                            for g in model_groups]
+        self.pairs = [(p, m) for g, ms in zip(model_groups, self.fp32_groups, strict=True)
+                      for p, m in zip(g["params"], ms, strict=True)]
+        """(model parameter, fp32 master), group by group."""
+        groups_ = zip(model_groups, self.fp32_groups, strict=True)
+        self.inner = build([{**g, "params": ms} for g, ms in groups_])
         self.clip, self.tp_rank, self.model_group = clip, tp_rank, model_group
         self.overflow = False
         self._global_grad_norm: float | None = None
@@ -122,26 +122,17 @@ class MasterWeights(torch.optim.Optimizer):
     def __repr__(self) -> str:
         return f"MasterWeights({self.inner!r})"
 
-    def _pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(p, m) for ps, ms in zip(self.model_params, self.fp32_groups, strict=True)
-                for p, m in zip(ps, ms, strict=True)]
-
-    def _load_grads(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    def _load_grads(self) -> None:
         """fp32 copies of the model's gradients on the masters (zeros where one is None,
-        as DeepSpeed's wrapper does); returns the (model param, master) pairs."""
-        pairs = self._pairs()
-        for p, m in pairs:
+        as DeepSpeed's wrapper does)."""
+        for p, m in self.pairs:
             m.grad = torch.zeros_like(m) if p.grad is None else p.grad.float()
-        return pairs
 
-    def _norm(self, pairs: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> torch.Tensor:
-        """The L2 norm of one model replica's gradients, in fp32, on every model rank."""
-        grads = [m.grad for p, m in pairs if counted_once(p, self.tp_rank)]
-        norms = torch._foreach_norm(grads) if grads else []
-        total = torch.stack(norms).square().sum() if norms else torch.zeros(())
-        if self.model_group is not None and dist.is_initialized():
-            dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.model_group)
-        return total.sqrt()
+    def _norm(self) -> torch.Tensor:
+        """The L2 norm of one model replica's fp32 gradients, on every model rank (whether a
+        master counts is asked of its model parameter, which carries the TP marks)."""
+        grads = [m.grad for p, m in self.pairs if counted_once(p, self.tp_rank)]
+        return replica_norm(grads, self.model_group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> bool:  # type: ignore[override]
@@ -149,29 +140,31 @@ class MasterWeights(torch.optim.Optimizer):
         if closure is not None:
             raise ValueError("MasterWeights.step takes no closure")
         self.steps += 1
-        pairs = self._load_grads()
-        norm = float(self._norm(pairs))  # the step's one host sync
+        self._load_grads()
+        norm = float(self._norm())  # the step's one host sync
         self._global_grad_norm = norm
         self.overflow = not math.isfinite(norm)
         if not self.overflow:
-            masters = [m for _, m in pairs]
+            masters = [m for _, m in self.pairs]
+            # grad_clip.clip_grads_ would multiply by 1.0 too; below the limit this skips
+            # the pass over every gradient.
             if self.clip > 0 and norm + 1e-6 > self.clip:
                 torch._foreach_mul_([m.grad for m in masters], self.clip / (norm + 1e-6))
             self.inner.step()
-            torch._foreach_copy_([p.data for p, _ in pairs], masters)
-        for _, m in pairs:
+            torch._foreach_copy_([p.data for p, _ in self.pairs], masters)
+        for _, m in self.pairs:
             m.grad = None
         return self.overflow
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop the model's gradients (the masters hold none between steps)."""
-        for p, _ in self._pairs():
+        for p, _ in self.pairs:
             p.grad = None
 
     @torch.no_grad()
     def refresh_fp32_params(self) -> None:
         """Masters from the model's weights: after loading weights without optimizer state."""
-        torch._foreach_copy_([m for _, m in self._pairs()], [p.data for p, _ in self._pairs()])
+        torch._foreach_copy_([m for _, m in self.pairs], [p.data for p, _ in self.pairs])
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """DeepSpeed's FP16_UnfusedOptimizer layout, with a fixed loss scale of 1."""

@@ -40,6 +40,14 @@ def bf16_setup(clip: float = 0.0) -> tuple[torch.nn.Module, MasterWeights]:
     return model, MasterWeights(groups_of(model), adamw, clip=clip)
 
 
+def fp32_copies(model: torch.nn.Module) -> tuple[list, list, list[dict]]:
+    """The model's parameters in ``groups_of`` order, fp32 copies of them, and those copies
+    grouped as ``groups_of`` groups the parameters: a reference optimizer's input."""
+    flat = [p for g in groups_of(model) for p in g["params"]]  # weights, then biases
+    copies = [p.detach().float().clone().requires_grad_(True) for p in flat]
+    return flat, copies, [{"params": copies[:2]}, {"params": copies[2:], "weight_decay": 0.0}]
+
+
 def backward(model: torch.nn.Module, step: int, scale: float = 1.0) -> None:
     gen = torch.Generator().manual_seed(100 + step)
     x = torch.randn(64, 16, generator=gen).to(torch.bfloat16)
@@ -59,10 +67,9 @@ def test_updates_match_fp32_adamw_on_the_same_gradients() -> None:
     """Five clipped steps: the masters follow a plain (unfused, loop) fp32 AdamW given the
     fp32 value of each bf16 gradient, and the model holds the masters rounded to bf16."""
     model, opt = bf16_setup(clip=0.05)
-    flat = [p for g in groups_of(model) for p in g["params"]]  # weights, then biases
-    masters = [p.detach().float().clone().requires_grad_(True) for p in flat]
-    ref = torch.optim.AdamW([{"params": masters[:2]}, {"params": masters[2:], "weight_decay": 0.0}],
-                            lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, foreach=False)
+    flat, masters, ref_groups = fp32_copies(model)
+    ref = torch.optim.AdamW(ref_groups, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1,
+                            foreach=False)
     clipped = 0
     for step in range(5):
         backward(model, step)
@@ -97,10 +104,9 @@ def test_any_registered_optimizer_runs_on_the_masters(name: str) -> None:
     model = tiny_model()
     cast_parameters_(model, torch.bfloat16)
     opt = MasterWeights(groups_of(model), build)
-    flat = [p for g in groups_of(model) for p in g["params"]]
-    masters = [p.detach().float().clone().requires_grad_(True) for p in flat]
+    flat, masters, ref_groups = fp32_copies(model)
     start = [m.detach().clone() for m in masters]
-    ref = build([{"params": masters[:2]}, {"params": masters[2:], "weight_decay": 0.0}])
+    ref = build(ref_groups)
     for step in range(3):
         backward(model, step)
         for m, p in zip(masters, flat, strict=True):

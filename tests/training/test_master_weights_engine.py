@@ -32,23 +32,29 @@ CONFIG: dict[str, Any] = dict(
 LAYOUTS = {"dp2": 1, "tp2": 2}  # model_parallel_size
 
 
-def build(mode: str, tp: int) -> Any:
+def build(mode: str, tp: int, gpus: int = 2, **overrides: Any) -> Any:
     from megatron.neox_arguments import NeoXArgs, Resources
     from megatron.training.engine import build_run
 
     os.environ["MEGATRON_BF16_OPTIMIZER"] = mode
-    args = NeoXArgs.from_dict(dict(CONFIG, model_parallel_size=tp),
-                              resources=Resources(num_nodes=1, gpus_per_node=2))
+    args = NeoXArgs.from_dict(dict(CONFIG, model_parallel_size=tp, **overrides),
+                              resources=Resources(num_nodes=1, gpus_per_node=gpus))
     return build_run(args)
+
+
+def batches_from(run: Any, first: int) -> Any:
+    """This rank's micro-batches from global batch ``first`` on."""
+    data = rank_batches(run.groups.dp.rank, run.groups.dp.size,
+                        run.args.train_micro_batch_size_per_gpu, sweep.SEQ, sweep.VOCAB)
+    for _ in range(first):
+        next(data)
+    return data
 
 
 def steps(run: Any, first: int, count: int) -> list[float]:
     from megatron.training.step import train_step
 
-    data = rank_batches(run.groups.dp.rank, run.groups.dp.size,
-                        run.args.train_micro_batch_size_per_gpu, sweep.SEQ, sweep.VOCAB)
-    for _ in range(first):
-        next(data)
+    data = batches_from(run, first)
     return [train_step(run, data).loss for _ in range(count)]
 
 
@@ -58,11 +64,7 @@ def checked_step(run: Any, index: int) -> tuple[float, float]:
     replicated parameter, counted once, any other is a shard, counted on every rank)."""
     import torch.distributed as dist
 
-    data = rank_batches(run.groups.dp.rank, run.groups.dp.size,
-                        run.args.train_micro_batch_size_per_gpu, sweep.SEQ, sweep.VOCAB)
-    for _ in range(index):
-        next(data)
-    inputs, labels = next(data)
+    inputs, labels = next(batches_from(run, index))
     run.engine.backward(run.loss_fn(run.engine(inputs), labels))
     squares = 0.0
     for p in run.engine.module.parameters():
@@ -182,15 +184,14 @@ def resume_without_optimizer(rank: int, world_size: int, out: str) -> None:
     from megatron.training.pretrain import resume
 
     os.environ["LOCAL_SIZE"] = "1"
-    os.environ["MEGATRON_BF16_OPTIMIZER"] = "ours"
-    first = build_one(out, seed=1234)
+    first = build("ours", 1, gpus=1, save=out, load=out, seed=1234)
     steps(first, 0, 2)
     ckpt.save_checkpoint(first.engine, out, 2, {"iteration": 2}, {}, is_rank0=True,
                          barrier=lambda: None)
     saved = [p.detach().float().clone() for p in first.engine.module.parameters()]
     first.engine.destroy()
 
-    second = build_one(out, seed=99, no_load_optim=True)
+    second = build("ours", 1, gpus=1, save=out, load=out, seed=99, no_load_optim=True)
     fresh = [m.clone() for m in masters(second)]
     resume(second)
     loaded = masters(second)
@@ -200,15 +201,6 @@ def resume_without_optimizer(rank: int, world_size: int, out: str) -> None:
         "masters_changed": any(not torch.equal(a, b) for a, b in zip(fresh, loaded,
                                                                       strict=True)),
     }))
-
-
-def build_one(out: str, **overrides: Any) -> Any:
-    from megatron.neox_arguments import NeoXArgs, Resources
-    from megatron.training.engine import build_run
-
-    args = NeoXArgs.from_dict(dict(CONFIG, save=out, load=out, **overrides),
-                              resources=Resources(num_nodes=1, gpus_per_node=1))
-    return build_run(args)
 
 
 def test_resuming_without_optimizer_state_takes_masters_from_the_weights(
