@@ -91,7 +91,7 @@ def test_gqa_equals_mha_with_repeated_key_value_heads() -> None:
         return torch.cat(rows)
 
     with torch.no_grad():
-        for p in gqa.query_key_value.parameters():
+        for p in gqa.parameters():  # layers built alone are not initialised (``no_init``)
             p.copy_(torch.randn_like(p))
         mha.query_key_value.weight.copy_(per_head(gqa.query_key_value.weight))
         mha.query_key_value.bias.copy_(per_head(gqa.query_key_value.bias))
