@@ -17,10 +17,10 @@ hits all of them. Every measurement is a fresh process tree, so peak RSS belongs
 - ours-1p, ours-2p (``--path deepy``): ``./deepy.py train.py`` launched for real (see
   tools/benchmark_deepy.py) on a random-token ``.bin/.idx`` corpus, as 1 process with
   ``--threads`` torch threads and as 2 data-parallel processes with ``--threads // 2`` each
-  and the same global batch. Step time, data-wait share and peak RSS (summed over ranks) are
-  the trainer's own ``metrics.jsonl`` values; warm-up iterations are left out. Setup is the
-  wall time from starting deepy until the training loop started. There is no per-step CPU
-  time, so tokens per CPU-second stays empty.
+  and the same global batch. Step time, data-wait share and peak RSS (summed over ranks, and
+  the largest rank's as ``proc MB``) are the trainer's own ``metrics.jsonl`` values; warm-up
+  iterations are left out. Setup is the wall time from starting deepy until the training
+  loop started. There is no per-step CPU time, so tokens per CPU-second stays empty.
 - hf: ``transformers.GPTNeoXForCausalLM`` (SDPA attention) and ``torch.optim.AdamW`` in a
   plain loop with gradient clipping, one process with ``--threads`` threads; bf16 is
   ``torch.autocast`` over fp32 weights.
@@ -97,6 +97,13 @@ class Measurement:
     """A step ran past ``--step-limit`` and was cut off: its time is a lower bound."""
     peak_gpu_mb: float | None = None
     """``torch.cuda.max_memory_allocated`` on a GPU run; None on the CPU."""
+    process_rss_mb: float | None = None
+    """The largest single process's peak RSS where ``peak_rss_mb`` sums several; None: one
+    process (see :attr:`largest_process_rss_mb`)."""
+
+    @property
+    def largest_process_rss_mb(self) -> float:
+        return self.peak_rss_mb if self.process_rss_mb is None else self.process_rss_mb
 
     @property
     def median_step_s(self) -> float:
@@ -132,11 +139,12 @@ def merge(runs: list[Measurement]) -> Measurement:
     """Pool the steps of one side's repeated runs; peak RSS and GPU memory are the largest seen."""
     setups = [r.setup_s for r in runs if r.setup_s is not None]
     gpu = [r.peak_gpu_mb for r in runs if r.peak_gpu_mb is not None]
+    per_process = [r.process_rss_mb for r in runs if r.process_rss_mb is not None]
     return Measurement(runs[0].side, [s for r in runs for s in r.step_s],
                        [s for r in runs for s in r.data_s], max(r.peak_rss_mb for r in runs),
                        statistics.median(setups) if setups else None,
                        [s for r in runs for s in r.cpu_s], any(r.truncated for r in runs),
-                       max(gpu) if gpu else None)
+                       max(gpu) if gpu else None, max(per_process) if per_process else None)
 
 
 # ---------------------------------------------------------------- worker side (subprocess)
@@ -392,13 +400,14 @@ def row(config: str, precision: str, m: Measurement, tokens: int, flops: int,
     return {"config": config, "precision": precision, "side": m.side, "step_s": step,
             "tokens_per_s": tokens / step, "tokens_per_cpu_s": tokens / cpu if cpu else None,
             "mfu": model_flops_utilisation(flops, step, peak),
-            "peak_rss_mb": m.peak_rss_mb, "data_wait": m.data_fraction, "setup_s": m.setup_s,
+            "peak_rss_mb": m.peak_rss_mb, "process_rss_mb": m.largest_process_rss_mb,
+            "data_wait": m.data_fraction, "setup_s": m.setup_s,
             "truncated": m.truncated, "peak_gpu_mb": m.peak_gpu_mb}
 
 
 def ratio(ours: dict[str, Any], hf: dict[str, Any], peak: float) -> dict[str, Any]:
-    """The ``<ours side>/hf`` row: tokens/s, tokens per CPU-second (when both have it), RSS and
-    GPU memory (when both have it)."""
+    """The ``<ours side>/hf`` row: tokens/s, tokens per CPU-second (when both have it), RSS
+    (all processes summed, and the largest one's) and GPU memory (when both have it)."""
     per_cpu = gpu = None
     if ours["tokens_per_cpu_s"] and hf["tokens_per_cpu_s"]:
         per_cpu = ours["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"]
@@ -409,6 +418,8 @@ def ratio(ours: dict[str, Any], hf: dict[str, Any], peak: float) -> dict[str, An
             "tokens_per_cpu_s": per_cpu,
             # A cut-off run never reached its peak memory: no RSS ratio then.
             "peak_rss_mb": None if hf.get("truncated") else ours["peak_rss_mb"] / hf["peak_rss_mb"],
+            "process_rss_mb": None if hf.get("truncated")
+            else ours["process_rss_mb"] / hf["process_rss_mb"],
             "peak_tflops": peak / 1e12, "at_least": hf.get("truncated", False),
             "peak_gpu_mb": gpu}
 
@@ -447,7 +458,8 @@ def _cell(value: float | None, spec: str, width: int, suffix: str = "") -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width text table; ratio rows (side ``x/hf``) show tokens/s and RSS ratios."""
     head = (f"{'config':<11} {'prec':<5} {'side':<10} {'step s':>7} {'tok/s':>8} {'MFU':>6} "
-            f"{'tok/cpu-s':>9} {'RSS MB':>8} {'data %':>6} {'setup s':>7} {'GPU MB':>8}")
+            f"{'tok/cpu-s':>9} {'RSS MB':>8} {'proc MB':>8} {'data %':>6} {'setup s':>7} "
+            f"{'GPU MB':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         start = f"{r['config']:<11} {r['precision']:<5} {r['side']:<10} "
@@ -455,14 +467,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             bound = ">=" if r.get("at_least") else ""
             lines.append(start + f"{bound:>7} {_cell(r['tokens_per_s'], '.2f', 8, 'x')} {'':>6} "
                          f"{_cell(r['tokens_per_cpu_s'], '.2f', 9, 'x')} "
-                         f"{_cell(r['peak_rss_mb'], '.2f', 8, 'x')} {'':>6} {'':>7} "
+                         f"{_cell(r['peak_rss_mb'], '.2f', 8, 'x')} "
+                         f"{_cell(r.get('process_rss_mb'), '.2f', 8, 'x')} {'':>6} {'':>7} "
                          f"{_cell(r.get('peak_gpu_mb'), '.2f', 8, 'x')} "
                          f"  (GEMM peak {r['peak_tflops'] * 1e3:.1f} GFLOP/s)")
             continue
         cut = ">" if r.get("truncated") else ""  # a cut-off step: time at least this
         lines.append(start + f"{cut + format(r['step_s'], '.2f'):>7} {r['tokens_per_s']:>8.0f} "
                      f"{100 * r['mfu']:>5.1f}% {_cell(r['tokens_per_cpu_s'], '.0f', 9)} "
-                     f"{r['peak_rss_mb']:>8.0f} {100 * r['data_wait']:>5.2f}% "
+                     f"{r['peak_rss_mb']:>8.0f} {_cell(r.get('process_rss_mb'), '.0f', 8)} "
+                     f"{100 * r['data_wait']:>5.2f}% "
                      f"{_cell(r['setup_s'], '.1f', 7)} {_cell(r.get('peak_gpu_mb'), '.0f', 8)}")
     return "\n".join(lines)
 

@@ -195,8 +195,8 @@ def measurement(side: str, records: list[dict[str, Any]], warmup: int,
     """The fields of tools/benchmark.py's Measurement from metrics.jsonl records (log_interval 1).
 
     Iterations up to ``warmup`` are left out. Data seconds are the logged data-wait fraction
-    times the iteration time; peak RSS is the largest sum over ranks that was logged. There
-    are no per-step CPU seconds (empty list).
+    times the iteration time; peak RSS is the largest sum over ranks that was logged, and the
+    per-process one the largest single rank's. There are no per-step CPU seconds (empty list).
     """
     steps = sorted((r for r in records if r.get("iteration_time") is not None),
                    key=lambda r: r["iteration"])
@@ -206,6 +206,7 @@ def measurement(side: str, records: list[dict[str, Any]], warmup: int,
     return {"side": side, "step_s": [r["iteration_time"] for r in timed],
             "data_s": [r["data_wait_fraction"] * r["iteration_time"] for r in timed],
             "peak_rss_mb": max(r["peak_rss_mb_all_ranks"] for r in steps),
+            "process_rss_mb": max(r["peak_rss_mb_max_rank"] for r in steps),
             "setup_s": setup_s, "cpu_s": [],
             "peak_gpu_mb": max((r["peak_gpu_mem_mb"] for r in steps if "peak_gpu_mem_mb" in r),
                                default=None)}

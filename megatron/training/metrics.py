@@ -41,6 +41,7 @@ MFU = "runtime/mfu"  # fraction in [0, 1]
 DATA_WAIT_FRACTION = "runtime/data_wait_fraction"  # share of step time spent in next(data)
 PEAK_RSS = "runtime/peak_rss_mb"  # this process's peak resident set size, MiB
 PEAK_RSS_ALL_RANKS = "runtime/peak_rss_mb_all_ranks"  # the sum of PEAK_RSS over all ranks
+PEAK_RSS_MAX_RANK = "runtime/peak_rss_mb_max_rank"  # the largest PEAK_RSS of any rank
 PEAK_GPU_MEM = "runtime/peak_gpu_mem_mb"  # this rank's torch.cuda.max_memory_allocated, MiB
 ELAPSED = "runtime/elapsed_seconds"
 ETA = "runtime/eta_seconds"

@@ -122,24 +122,28 @@ class StepReporter:
         return values
 
 
-def sum_over_ranks(value: float, device: Any = "cpu") -> float:
-    """`value` summed over every rank of the default group (itself without distributed)."""
+def sum_and_max_over_ranks(value: float, device: Any = "cpu") -> tuple[float, float]:
+    """`value` summed and maximised over every rank of the default group (one all_reduce;
+    ``(value, value)`` without distributed)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    total = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(total)
-    return float(total.item())
+        return value, value
+    # The maximum as a sum: each rank puts its value in its own slot of a zero vector.
+    slots = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=device)
+    slots[dist.get_rank()] = value
+    dist.all_reduce(slots)
+    return float(slots.sum()), float(slots.max())
 
 
 def memory_metrics(device: Any = "cpu") -> dict[str, float]:
-    """This process's peak RSS and the sum over ranks, in MiB (one all_reduce: all ranks call),
-    and on a GPU this rank's peak of allocated device memory.
+    """This process's peak RSS, its sum and its maximum over ranks, in MiB (one all_reduce:
+    all ranks call), and on a GPU this rank's peak of allocated device memory.
 
     The sum is what a machine running all ranks has to hold; on several nodes it adds up
-    every node's ranks.
+    every node's ranks. The maximum is what the largest single process needs.
     """
     peak = peak_rss_mb()
-    values = {m.PEAK_RSS: peak, m.PEAK_RSS_ALL_RANKS: sum_over_ranks(peak, device)}
+    total, largest = sum_and_max_over_ranks(peak, device)
+    values = {m.PEAK_RSS: peak, m.PEAK_RSS_ALL_RANKS: total, m.PEAK_RSS_MAX_RANK: largest}
     if torch.device(device).type == "cuda":
         values[m.PEAK_GPU_MEM] = torch.cuda.max_memory_allocated(device) / 2**20
     return values

@@ -51,8 +51,9 @@ def test_data_wait_and_peak_rss_are_logged(runs: dict[str, Path], name: str) -> 
         assert 0.0 < r["data_wait_fraction"] < 0.5, r
         assert r["peak_rss_mb"] > 100.0, r  # torch alone is more than that
         # Summed over ranks: each rank holds about as much as rank 0.
-        total = r["peak_rss_mb_all_ranks"]
+        total, largest = r["peak_rss_mb_all_ranks"], r["peak_rss_mb_max_rank"]
         assert 0.5 * processes * r["peak_rss_mb"] < total < 2.0 * processes * r["peak_rss_mb"]
+        assert r["peak_rss_mb"] <= largest <= total and total <= processes * largest
     assert records[-1]["peak_rss_mb"] >= records[0]["peak_rss_mb"]
 
 

@@ -45,6 +45,10 @@ def test_merge_pools_steps_and_keeps_largest_rss() -> None:
     assert pooled.step_s == [1.0, 3.0, 2.0]
     assert pooled.median_step_s == 2.0
     assert pooled.peak_rss_mb == 250.0
+    assert pooled.process_rss_mb is None and pooled.largest_process_rss_mb == 250.0
+    two = [benchmark.Measurement("ours-2p", [1.0], [0.0], 900.0, None, [], process_rss_mb=rss)
+           for rss in (480.0, 520.0)]
+    assert benchmark.merge(two).largest_process_rss_mb == 520.0
     assert pooled.setup_s == 6.0
     assert pooled.median_cpu_s == 3.0
     assert pooled.data_fraction == pytest.approx(0.6 / 6.0)
@@ -66,7 +70,7 @@ def test_row_and_ratio_table() -> None:
 
 
 def test_setup_and_cpu_may_be_missing_in_rows_and_table() -> None:
-    m = benchmark.Measurement("ours-2p", [2.0], [0.02], 900.0, None, [])
+    m = benchmark.Measurement("ours-2p", [2.0], [0.02], 900.0, None, [], process_rss_mb=500.0)
     assert m.median_cpu_s is None
     assert benchmark.merge([m, m]).setup_s is None
     r = benchmark.row("19M", "fp32", m, tokens=4096, flops=9e11, peak=1e12)
@@ -75,9 +79,11 @@ def test_setup_and_cpu_may_be_missing_in_rows_and_table() -> None:
     ratio = benchmark.ratio(r, hf, 1e12)
     assert ratio["side"] == "ours-2p/hf" and ratio["tokens_per_cpu_s"] is None
     assert ratio["tokens_per_s"] == pytest.approx(2.0) and ratio["peak_rss_mb"] == 2.0
+    assert ratio["process_rss_mb"] == pytest.approx(500.0 / 450.0)  # largest rank vs HF's one
     lines = benchmark.format_table([r, hf, ratio]).splitlines()
     assert lines[2].split()[-1] == "-" and lines[2].split()[6] == "-"  # setup, tok/cpu-s
-    assert "2.00x" in lines[4] and "ours-2p/hf" in lines[4]
+    assert lines[2].split()[7:9] == ["900", "500"] and lines[3].split()[7:9] == ["450", "450"]
+    assert "2.00x" in lines[4] and "1.11x" in lines[4] and "ours-2p/hf" in lines[4]
 
 
 def test_a_cut_off_side_is_a_bound_in_rows_ratios_and_table() -> None:
@@ -199,6 +205,7 @@ def test_write_run_config_loads_with_the_same_global_batch(tmp_path: Path) -> No
 def _record(iteration: int, seconds: float, wait: float, rss: float) -> dict:
     return {"iteration": iteration, "lm_loss": 10.0, "iteration_time": seconds,
             "data_wait_fraction": wait, "peak_rss_mb": rss / 2, "peak_rss_mb_all_ranks": rss,
+            "peak_rss_mb_max_rank": rss * 0.6,
             "elapsed_seconds": seconds * iteration}
 
 
@@ -211,6 +218,7 @@ def test_measurement_from_metrics_records_skips_warmup() -> None:
     assert m.data_s == pytest.approx([0.02, 0.06])
     assert m.data_fraction == pytest.approx(0.08 / 5.0)
     assert m.peak_rss_mb == 950.0 and m.setup_s == 12.5 and m.cpu_s == []
+    assert m.largest_process_rss_mb == 570.0  # the largest rank's, not the sum
     with pytest.raises(ValueError, match="warm-up"):
         benchmark_deepy.measurement("ours-1p", records[:1], warmup=1, setup_s=None)
 

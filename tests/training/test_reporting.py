@@ -13,8 +13,13 @@ import torch
 from megatron.data.iterator import TimedIterator
 from megatron.model import ModelSpec
 from megatron.training.loop import timed_step
-from megatron.training.metrics import DATA_WAIT_FRACTION, PEAK_RSS, PEAK_RSS_ALL_RANKS
-from megatron.training.reporting import StepReporter, memory_metrics, sum_over_ranks
+from megatron.training.metrics import (
+    DATA_WAIT_FRACTION,
+    PEAK_RSS,
+    PEAK_RSS_ALL_RANKS,
+    PEAK_RSS_MAX_RANK,
+)
+from megatron.training.reporting import StepReporter, memory_metrics, sum_and_max_over_ranks
 from megatron.training.state import TrainState
 from megatron.training.step import StepResult
 from tests.distributed import run_distributed
@@ -117,16 +122,26 @@ def test_reporter_logs_data_wait_over_the_interval_and_peak_rss() -> None:
     assert recorder.lines[4][DATA_WAIT_FRACTION] == pytest.approx(0.4 / 4.0)
     assert recorder.lines[4]["runtime/iteration_time"] == pytest.approx(4.0 / 3)
     for line in recorder.lines.values():
-        assert line[PEAK_RSS] > 0 and line[PEAK_RSS_ALL_RANKS] == line[PEAK_RSS]
+        assert line[PEAK_RSS] > 0
+        assert line[PEAK_RSS_ALL_RANKS] == line[PEAK_RSS_MAX_RANK] == line[PEAK_RSS]
 
 
 def _sums_over_two_ranks(rank: int, world_size: int) -> None:
-    assert sum_over_ranks(rank + 1.0) == 3.0
+    assert sum_and_max_over_ranks(3.0 - 2.5 * rank) == (3.5, 3.0)  # 3.0 and 0.5
+    assert sum_and_max_over_ranks(-1.0 - rank) == (-3.0, -1.0)  # negative values too
+    if rank == 1:  # rank 1 holds 300 MB more than rank 0 at its peak
+        ballast = bytearray(300 * 2**20)
+        ballast[::4096] = b"x" * len(ballast[::4096])
     memory = memory_metrics()
-    assert memory[PEAK_RSS] < memory[PEAK_RSS_ALL_RANKS] < 2.5 * memory[PEAK_RSS]
+    others = memory[PEAK_RSS_ALL_RANKS] - memory[PEAK_RSS]
+    mine, largest = memory[PEAK_RSS], memory[PEAK_RSS_MAX_RANK]
+    if rank == 1:
+        assert largest == mine >= others + 250
+    else:
+        assert largest == others >= mine + 250
 
 
 @pytest.mark.distributed
 @pytest.mark.timeout(120)
-def test_peak_rss_is_summed_over_ranks() -> None:
+def test_peak_rss_is_summed_and_maximised_over_ranks() -> None:
     run_distributed(_sums_over_two_ranks, world_size=2, timeout=100)
