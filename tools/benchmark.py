@@ -409,6 +409,7 @@ def ratio(ours: dict[str, Any], hf: dict[str, Any], peak: float) -> dict[str, An
     """The ``<ours side>/hf`` row: tokens/s, tokens per CPU-second (when both have it), RSS
     (all processes summed, and the largest one's) and GPU memory (when both have it)."""
     per_cpu = gpu = None
+    cut_off = hf.get("truncated", False)  # it never reached its peak memory: no RSS ratios
     if ours["tokens_per_cpu_s"] and hf["tokens_per_cpu_s"]:
         per_cpu = ours["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"]
     if ours.get("peak_gpu_mb") and hf.get("peak_gpu_mb"):
@@ -416,11 +417,9 @@ def ratio(ours: dict[str, Any], hf: dict[str, Any], peak: float) -> dict[str, An
     return {"config": ours["config"], "precision": ours["precision"],
             "side": f"{ours['side']}/hf", "tokens_per_s": ours["tokens_per_s"] / hf["tokens_per_s"],
             "tokens_per_cpu_s": per_cpu,
-            # A cut-off run never reached its peak memory: no RSS ratio then.
-            "peak_rss_mb": None if hf.get("truncated") else ours["peak_rss_mb"] / hf["peak_rss_mb"],
-            "process_rss_mb": None if hf.get("truncated")
-            else ours["process_rss_mb"] / hf["process_rss_mb"],
-            "peak_tflops": peak / 1e12, "at_least": hf.get("truncated", False),
+            "peak_rss_mb": None if cut_off else ours["peak_rss_mb"] / hf["peak_rss_mb"],
+            "process_rss_mb": None if cut_off else ours["process_rss_mb"] / hf["process_rss_mb"],
+            "peak_tflops": peak / 1e12, "at_least": cut_off,
             "peak_gpu_mb": gpu}
 
 

@@ -35,11 +35,11 @@ def resume(run: Any) -> TrainState:
         load_lr_scheduler_states=load_optim,
         load_module_only=finetune,
     )
-    masters = getattr(run.engine.optimizer, "refresh_fp32_params", None)
-    if not load_optim and masters is not None:
+    refresh_masters = getattr(run.engine.optimizer, "refresh_fp32_params", None)
+    if not load_optim and refresh_masters is not None:
         # fp32 master weights from the loaded ones, or the first step would put back the
         # masters of the initialisation (DeepSpeed refreshes them only for module-only loads).
-        masters()
+        refresh_masters()
     if finetune or client is None:
         LOG.info("loaded weights from %s/%s; starting at iteration 0", a.load, tag)
         return TrainState()
