@@ -63,9 +63,10 @@ if str(ROOT) not in sys.path:  # run as `python tools/benchmark.py`
     sys.path.insert(0, str(ROOT))
 
 try:
-    from tools import benchmark_deepy
+    from tools import benchmark_deepy, step_parts
 except ImportError:  # run as `python tools/benchmark.py`, or with tools/ on sys.path
     import benchmark_deepy  # type: ignore[no-redef]
+    import step_parts  # type: ignore[no-redef]
 
 CONFIG_DIR = ROOT / "configs" / "bench"
 RESULT_TAG = "BENCH_RESULT "
@@ -249,10 +250,12 @@ def build_hf(args: Any, precision: str, device: str = "cpu") -> Any:
         with autocast():
             loss = model(input_ids=tokens, labels=tokens).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.gradient_clipping)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        with torch.profiler.record_function(step_parts.RANGE_PREFIX + "optimizer"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.gradient_clipping)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
+    step.model = model  # tools/profile_step.py marks its parts
     return step
 
 
@@ -266,9 +269,13 @@ def build_side(side: str, config: str, precision: str, *, device: str = "cpu",
         _, step = build_ours(args, fused_loss=fused_loss)
     else:
         step = build_hf(args, precision, device)
-    data = random_batches(args.train_micro_batch_size_per_gpu, args.seq_length,
+    return args, step, batches_for(args, device)
+
+
+def batches_for(args: Any, device: str) -> Iterator[tuple]:
+    """The random batches of ``args``' shape that every side trains on."""
+    return random_batches(args.train_micro_batch_size_per_gpu, args.seq_length,
                           min(args.padded_vocab_size, 50257), device=device)
-    return args, step, data
 
 
 def device_sync(device: str) -> Any:

@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python tools/profile_step.py`
     sys.path.insert(0, str(ROOT))
 
-from tools import benchmark  # noqa: E402
+from tools import benchmark, step_parts  # noqa: E402
 
 FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # order matters: the first family whose marker occurs in the lower-cased name wins
-    ("attention", ("sdpa", "flash", "fmha", "attention", "softmax_backward_data")),
+    ("attention", ("sdpa", "flash", "fmha", "attention", "aten::_softmax_backward_data")),
     ("optimizer", ("adam", "multi_tensor", "foreach", "optimizer")),
     ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "aten::mm", "aten::addmm",
               "aten::bmm", "aten::matmul", "mkldnn_matmul")),
@@ -77,17 +77,56 @@ def _report(prof: Any, steps: int, wall: float, cuda: bool) -> list[str]:
                      f"{sum(e.count for e in kernels) // steps} launches, {syncs} host syncs")
         timed = [(e.key, e.self_device_time_total / steps / 1e3) for e in kernels]
     else:
-        timed = [(e.key, e.self_cpu_time_total / steps / 1e3) for e in host]
+        timed = [(e.key, e.self_cpu_time_total / steps / 1e3) for e in host
+                 if not _is_annotation(e) and step_parts.range_part(e.key) is None]
     families = ", ".join(f"{k} {v:.1f}" for k, v in by_family(timed).items())
     lines.append(f"by family (ms/step): {families}")
     lines.append("top " + ("kernels" if cuda else "host ops") + ":")
     for name, ms in sorted(timed, key=lambda kv: -kv[1])[:12]:
         lines.append(f"  {ms:8.2f} ms  {name[:100]}")
+    own = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    ops = [e for e in prof.events() if e.device_type == DeviceType.CPU]
+    table = step_parts.by_part(step_parts.assign(ops), lambda e: own(e) / steps / 1e3,
+                               kernel_family)
+    lines += part_lines(table, wall * 1e3, "GPU idle" if cuda else "outside any op")
     if cuda:
         lines.append("top host ops (own time):")
         for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:8]:
             lines.append(f"  {e.self_cpu_time_total / steps / 1e3:8.2f} ms x{e.count // steps:<5} "
                          f"{e.key[:90]}")
+    return lines
+
+
+def _build(opts: argparse.Namespace) -> tuple[Any, Any]:
+    """``(step_fn, batches)`` as ``benchmark.build_side`` builds them, with the model's parts
+    marked for :mod:`tools.step_parts` (and our fused head's loss function, which runs
+    outside the model)."""
+    args = benchmark.load_args(opts.config, opts.precision, opts.set)
+    if opts.side == "ours":
+        run, step = benchmark.build_ours(args, fused_loss=True)
+        run.loss_fn = step_parts.ranged(run.loss_fn, "head + loss")
+        run.engine.step = step_parts.ranged(run.engine.step, "optimizer")  # clipping too
+        model = run.engine.module
+    else:
+        step = benchmark.build_hf(args, opts.precision, opts.device)
+        model = step.model
+    step_parts.mark_parts(model)
+    return step, benchmark.batches_for(args, opts.device)
+
+
+def part_lines(table: dict[str, dict[str, float]], wall_ms: float, idle_name: str) -> list[str]:
+    """The ``{part: {family: ms}}`` table as text, with a last row for the wall time no op
+    covers (``idle_name``) and each row's share of ``wall_ms``."""
+    columns = [family for family, _ in FAMILIES] + ["elementwise/other", step_parts.FRAMEWORK]
+    head = f"{'by part (ms/step)':<18}{'total':>9}{'share':>7}" + "".join(
+        f"{c:>{max(len(c), 7) + 1}}" for c in columns)
+    lines = [head]
+    for part, row in table.items():
+        total = sum(row.values())
+        lines.append(f"{part:<18}{total:9.1f}{100 * total / wall_ms:6.1f}%" + "".join(
+            f"{row.get(c, 0.0):{max(len(c), 7) + 1}.1f}" for c in columns))
+    idle = max(wall_ms - sum(sum(row.values()) for row in table.values()), 0.0)
+    lines.append(f"{idle_name:<18}{idle:9.1f}{100 * idle / wall_ms:6.1f}%")
     return lines
 
 
@@ -107,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     sync = benchmark.device_sync(opts.device)
-    _, step, data = benchmark.build_side(opts.side, opts.config, opts.precision,
-                                         device=opts.device, overrides=opts.set)
+    step, data = _build(opts)
     for _ in range(2):
         step(data)
     times = []
