@@ -412,9 +412,17 @@ def row(config: str, precision: str, m: Measurement, tokens: int, flops: int,
             "truncated": m.truncated, "peak_gpu_mb": m.peak_gpu_mb}
 
 
-def ratio(ours: dict[str, Any], hf: dict[str, Any], peak: float) -> dict[str, Any]:
+def round_ratios(ours: list[Measurement], hf: list[Measurement]) -> list[float]:
+    """Ours/HF tokens/s of each round alone (the i-th run of each side, launched next to each
+    other): their spread shows how far the host's changing speed moved the pooled ratio."""
+    return [h.median_step_s / o.median_step_s for o, h in zip(ours, hf, strict=True)]
+
+
+def ratio(ours: dict[str, Any], hf: dict[str, Any], peak: float,
+          rounds: list[float] | None = None) -> dict[str, Any]:
     """The ``<ours side>/hf`` row: tokens/s, tokens per CPU-second (when both have it), RSS
-    (all processes summed, and the largest one's) and GPU memory (when both have it)."""
+    (all processes summed, and the largest one's), GPU memory (when both have it) and the
+    per-round tokens/s ratios (``rounds``, see :func:`round_ratios`)."""
     per_cpu = gpu = None
     cut_off = hf.get("truncated", False)  # it never reached its peak memory: no RSS ratios
     if ours["tokens_per_cpu_s"] and hf["tokens_per_cpu_s"]:
@@ -427,7 +435,7 @@ def ratio(ours: dict[str, Any], hf: dict[str, Any], peak: float) -> dict[str, An
             "peak_rss_mb": None if cut_off else ours["peak_rss_mb"] / hf["peak_rss_mb"],
             "process_rss_mb": None if cut_off else ours["process_rss_mb"] / hf["process_rss_mb"],
             "peak_tflops": peak / 1e12, "at_least": cut_off,
-            "peak_gpu_mb": gpu}
+            "peak_gpu_mb": gpu, "rounds": rounds or []}
 
 
 def compare(config: str, precision: str, opts: argparse.Namespace) -> list[dict[str, Any]]:
@@ -445,7 +453,8 @@ def compare(config: str, precision: str, opts: argparse.Namespace) -> list[dict[
     # and a low peak shows as MFU above 100%.
     peak = max(peak, peak_flops(precision, opts.threads, opts.device))
     rows = {s: row(config, precision, merge(runs[s]), tokens, flops, peak) for s in sides}
-    ratios = [ratio(rows[s], rows["hf"], peak) for s in sides if s != "hf"]
+    ratios = [ratio(rows[s], rows["hf"], peak, round_ratios(runs[s], runs["hf"]))
+              for s in sides if s != "hf"]
     return list(rows.values()) + ratios
 
 
@@ -459,6 +468,11 @@ def _cell(value: float | None, spec: str, width: int, suffix: str = "") -> str:
     """``value`` formatted, or ``-`` when there is none, right-aligned in ``width``."""
     text = "-" if value is None else f"{value:{spec}}{suffix}"
     return f"{text:>{width}}"
+
+
+def _spread(rounds: list[float]) -> str:
+    """``; rounds 1.08-1.22x`` for two rounds or more, else nothing."""
+    return f"; rounds {min(rounds):.2f}-{max(rounds):.2f}x" if len(rounds) > 1 else ""
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -476,7 +490,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                          f"{_cell(r['peak_rss_mb'], '.2f', 8, 'x')} "
                          f"{_cell(r.get('process_rss_mb'), '.2f', 8, 'x')} {'':>6} {'':>7} "
                          f"{_cell(r.get('peak_gpu_mb'), '.2f', 8, 'x')} "
-                         f"  (GEMM peak {r['peak_tflops'] * 1e3:.1f} GFLOP/s)")
+                         f"  (GEMM peak {r['peak_tflops'] * 1e3:.1f} GFLOP/s"
+                         f"{_spread(r.get('rounds', []))})")
             continue
         cut = ">" if r.get("truncated") else ""  # a cut-off step: time at least this
         lines.append(start + f"{cut + format(r['step_s'], '.2f'):>7} {r['tokens_per_s']:>8.0f} "

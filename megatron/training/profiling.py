@@ -44,9 +44,31 @@ def trace_path(base: str | Path, rank: int, start: int, stop: int) -> Path:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (``ru_maxrss`` is KiB on Linux)."""
+    """Peak resident set size of this process's program in MiB.
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``, the peak of the address space the
+    program has had since ``exec``. ``ru_maxrss`` also keeps the peak of the image the
+    process replaced: a worker forked and exec'd from a 1.5 GB parent (a test runner, a
+    launcher that imported torch) reports at least 1.5 GB whatever it uses itself. Elsewhere,
+    ``ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    hwm = _status_kib("VmHWM")
+    if hwm is not None:
+        return hwm / 1024.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def _status_kib(key: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status``; None where there is no such file or field."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 class StepProfiler:

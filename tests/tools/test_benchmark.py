@@ -69,6 +69,22 @@ def test_row_and_ratio_table() -> None:
     assert "1.50x" in text and "1.25x" in text and "0.50x" in text and "100.0 GFLOP/s" in text
 
 
+def test_each_round_has_its_own_ratio_and_the_table_shows_their_range() -> None:
+    def run(side: str, steps: list[float]) -> benchmark.Measurement:
+        return benchmark.Measurement(side, steps, [0.0] * len(steps), 1.0, None, [])
+
+    ours = [run("ours", [2.0, 2.2, 1.8]), run("ours", [3.0, 3.0])]
+    hf = [run("hf", [3.0, 3.0]), run("hf", [4.5, 3.3, 3.9])]
+    assert benchmark.round_ratios(ours, hf) == pytest.approx([1.5, 1.3])
+    ratio = {"config": "19M", "precision": "fp32", "side": "ours/hf", "tokens_per_s": 1.4,
+             "tokens_per_cpu_s": None, "peak_rss_mb": 0.5, "peak_tflops": 0.1,
+             "rounds": [1.5, 1.3]}
+    assert "rounds 1.30-1.50x" in benchmark.format_table([ratio])
+    assert "rounds" not in benchmark.format_table([{**ratio, "rounds": [1.5]}])
+    with pytest.raises(ValueError):  # a side short of a round is a bug, not a shorter list
+        benchmark.round_ratios(ours, hf[:1])
+
+
 def test_setup_and_cpu_may_be_missing_in_rows_and_table() -> None:
     m = benchmark.Measurement("ours-2p", [2.0], [0.02], 900.0, None, [], process_rss_mb=500.0)
     assert m.median_cpu_s is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -69,6 +71,19 @@ def test_memory_profiling_on_cpu_warns_and_reports_peak_rss(
     hwm_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
     assert out[PEAK_RSS] == pytest.approx(hwm_kb / 1024.0, rel=0.02)
     assert mem.after_step(3) == {}, "reported once"
+
+
+def test_peak_rss_is_the_programs_own_not_its_parents() -> None:
+    """A process started from a large one reports its own peak: ``ru_maxrss`` would carry
+    the parent's 1.5 GiB across ``exec`` (the launcher's, or this test runner's)."""
+    ballast = torch.ones(1536 * 2**20 // 4)  # 1.5 GiB, touched, in this process
+    code = ("import torch; from megatron.training.profiling import peak_rss_mb; "
+            "x = torch.ones(256 * 2**20 // 4); print(peak_rss_mb())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    child = float(done.stdout.split()[-1])
+    assert 256 < child < 1200, child  # its 256 MiB and torch's few hundred, not 1.5 GiB more
+    assert float(ballast[-1]) == 1.0
 
 
 def test_memory_profiling_needs_a_path() -> None:
