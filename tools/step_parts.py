@@ -76,9 +76,9 @@ def mark_parts(model: nn.Module) -> list[Any]:
 
 
 def _range_hooks(module: nn.Module, name: str) -> list[Any]:
-    open_ranges: list[Any] = []  # a stack: a module may run inside itself (recomputation)
-
     import torch
+
+    open_ranges: list[Any] = []  # a stack: a module may run inside itself
 
     def enter(*_: Any) -> None:
         open_ranges.append(torch.profiler.record_function(name).__enter__())
@@ -91,7 +91,6 @@ def _range_hooks(module: nn.Module, name: str) -> list[Any]:
 
 def ranged(fn: Callable, part: str) -> Callable:
     """``fn`` with its calls counted as ``part``."""
-
     import torch
 
     @functools.wraps(fn)
