@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except (EvalError, InferenceError) as err:
         print(f"evaluate.py: {err}", file=sys.stderr)
         return 2
+    from megatron.training.engine import shutdown_distributed
+
+    shutdown_distributed()  # before interpreter teardown: see its docstring
     return 0
 
 

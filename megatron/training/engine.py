@@ -96,6 +96,20 @@ def init_distributed(args: Any) -> None:
         Watchdog.start()
 
 
+def shutdown_distributed() -> None:
+    """Destroy torch.distributed's process groups at the end of a run, while Python is whole.
+
+    Left to interpreter teardown, gloo's C++ worker threads may outlive what they serve: now
+    and then (1 launch in ~50 here) a finished run then aborted with "terminate called
+    without an active exception", exit status 250 through DeepSpeed's launcher, after its
+    last step had been logged (pytorch/pytorch#190489 shows the same). NCCL warns that the
+    group was never destroyed. Entry points call this when a run ends normally, not when it
+    fails: a failed rank's peers may still be inside a collective with it.
+    """
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def build_groups(args: Any) -> ProcessGroups:
     layout = ParallelLayout.from_world(
         dist.get_world_size(),

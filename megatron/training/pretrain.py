@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from megatron.training import checkpointing as ckpt
-from megatron.training.engine import batches, build_data, build_run
+from megatron.training.engine import batches, build_data, build_run, shutdown_distributed
 from megatron.training.eval_harness import TaskEvaluator, TaskRunner
 from megatron.training.loop import evaluate, train
 from megatron.training.metrics import MetricsLogger
@@ -71,8 +71,16 @@ def pretrain(args: Any, task_runner: TaskRunner | None = None) -> int:
     """Train as the config says; returns the process exit code.
 
     `task_runner` scores `eval_tasks` with lm-eval at each evaluation (entry points pass
-    `eval_tasks.runner.score_decoder`); without one, that runner is looked up by name.
+    `eval_tasks.runner.score_decoder`); without one, that runner is looked up by name. A
+    run that returns, whatever its code, destroys the process groups
+    (`engine.shutdown_distributed`); one that raises leaves them to the interpreter.
     """
+    code = _train_and_test(args, task_runner)
+    shutdown_distributed()
+    return code
+
+
+def _train_and_test(args: Any, task_runner: TaskRunner | None) -> int:
     tasks = TaskEvaluator.from_args(args, task_runner)
     run = build_run(args)
     if args.log_dir:
