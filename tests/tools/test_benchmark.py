@@ -246,6 +246,14 @@ def test_read_records_ignores_a_line_being_written(tmp_path: Path) -> None:
     assert [r["iteration"] for r in benchmark_deepy.read_records(path)] == [1]
 
 
+def test_a_failed_exit_after_the_last_logged_step_keeps_the_measurement() -> None:
+    done = [{"iteration": 1, "iteration_time": 2.0}, {"iteration": 2, "iteration_time": 2.1}]
+    assert benchmark_deepy.ran_to_the_end(done, 2)
+    assert not benchmark_deepy.ran_to_the_end(done, 3)  # died before its last step
+    assert not benchmark_deepy.ran_to_the_end(done[:1] + [{"iteration": 2}], 2)  # untimed
+    assert not benchmark_deepy.ran_to_the_end(done, None)
+
+
 def test_launch_env_sets_the_threads_of_every_worker() -> None:
     env = benchmark_deepy.launch_env(1)
     assert env["OMP_NUM_THREADS"] == "1"
