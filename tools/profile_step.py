@@ -6,8 +6,10 @@
 Builds one side exactly as tools/benchmark.py does (same configs, random tokens), warms up,
 times 10 steps (2 on a CPU), then profiles ``--steps`` more and prints, per step: wall time,
 the time the GPU spent in kernels (busy share, launches, host syncs), the time by family
-(GEMM, attention, optimizer, copy/cast, norm, other elementwise), and the top kernels and
-host ops. On a CPU the families are summed over the host ops' own time instead.
+(GEMM, attention, optimizer, copy/cast, norm, other elementwise), the top kernels and
+host ops, and a table by model part (attention, MLP, LM head + loss, norm, embedding,
+optimizer, other ops; forward and backward together, see tools/step_parts.py) with each
+part's family split. On a CPU the families are summed over the host ops' own time instead.
 
 It exists for the question the benchmark cannot answer: not how fast, but what to fix next.
 """
