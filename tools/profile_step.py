@@ -40,6 +40,9 @@ FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("copy/cast", ("copy", "aten::to", "_to_copy", "cat")),
 )
 
+OTHER_FAMILY = "elementwise/other"
+"""The family of a name no marker matches."""
+
 
 def kernel_family(name: str) -> str:
     """The family of a kernel or host op name; ``elementwise/other`` when none matches."""
@@ -47,7 +50,7 @@ def kernel_family(name: str) -> str:
     for family, markers in FAMILIES:
         if any(marker in lower for marker in markers):
             return family
-    return "elementwise/other"
+    return OTHER_FAMILY
 
 
 def by_family(times: Iterable[tuple[str, float]]) -> dict[str, float]:
@@ -119,7 +122,7 @@ def _build(opts: argparse.Namespace) -> tuple[Any, Any]:
 def part_lines(table: dict[str, dict[str, float]], wall_ms: float, idle_name: str) -> list[str]:
     """The ``{part: {family: ms}}`` table as text, with a last row for the wall time no op
     covers (``idle_name``) and each row's share of ``wall_ms``."""
-    columns = [family for family, _ in FAMILIES] + ["elementwise/other", step_parts.FRAMEWORK]
+    columns = [family for family, _ in FAMILIES] + [OTHER_FAMILY, step_parts.FRAMEWORK]
     head = f"{'by part (ms/step)':<18}{'total':>9}{'share':>7}" + "".join(
         f"{c:>{max(len(c), 7) + 1}}" for c in columns)
     lines = [head]

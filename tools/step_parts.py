@@ -6,7 +6,7 @@ MLP and of the vocabulary-wide head look alike. This module answers the second q
 any ``nn.Module`` model, ours or HuggingFace's, without changing it:
 
 * forward: :func:`mark_parts` opens a profiler range named ``part::<part>`` around the forward
-  of every module :func:`module_part` classifies (and ``part::other`` around every other
+  of every module :func:`module_part` classifies (and ``part::other ops`` around every other
   module that has children, so the residual adds of a block are not counted as the enclosing
   module's part); an op belongs to its innermost range;
 * backward: the autograd engine runs a node's ops under ``autograd::engine::evaluate_function``,
@@ -132,15 +132,13 @@ def assign(events: Iterable[Any]) -> list[tuple[Any, str]]:
     ``dropout`` of p=0 before it) share the number of the next op that does: of the forward
     ops with one number, the last to start created the node.
     """
-    events = list(events)
+    enclosed = [(event, _enclosing_part(event)) for event in events]
     created_in: dict[tuple[int, int], str] = {}
-    for event in events:
-        part = _enclosing_part(event)
+    for event, part in enclosed:
         if part is not None and event.sequence_nr >= 0 and _backward_node(event) is None:
             created_in[(event.thread, event.sequence_nr)] = part
     assigned = []
-    for event in events:
-        part = _enclosing_part(event)
+    for event, part in enclosed:
         if part is None:
             node = _backward_node(event)
             if node is not None:
