@@ -17,6 +17,12 @@ barriers order every rank's copy-out before anyone refills that window).
 
 With two ranks the result is bit for bit that of ``all_reduce`` followed by a multiplication
 by ``1 / size`` (a sum of two numbers does not depend on their order).
+
+The same windows also carry :meth:`ShmAverager.share_`: each tensor is written once, by the
+rank that owns it, and copied out by the others (the weights each rank updated when the
+optimizer is sharded, see ``megatron.training.sharded_optimizer``). The windows keep
+alternating across calls of either kind, so one call's first chunk never lands in the window
+a slower rank may still be reading from the previous call.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class ShmAverager:
 
     def __init__(self, window: torch.Tensor, group: Any, rank: int, size: int) -> None:
         self.window, self.group, self.rank, self.size = window, group, rank, size
+        self._turns = 0  # chunks moved so far, by any call: picks the next window
 
     @classmethod
     def create(cls, group: Any, ranks: Sequence[int], rank: int,
@@ -81,6 +88,12 @@ class ShmAverager:
     def chunk(self) -> int:
         return self.window.shape[-1]
 
+    def _next_window(self) -> torch.Tensor:
+        """The window after the one last used, shape ``[size, chunk]``."""
+        rows = self.window[self._turns % _WINDOWS]
+        self._turns += 1
+        return rows
+
     def average_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Replace every tensor (contiguous, of the window's dtype) by its mean over the ranks.
 
@@ -88,9 +101,9 @@ class ShmAverager:
         """
         flats = [_flat(t, self.window.dtype) for t in tensors]
         total = sum(t.numel() for t in flats)
-        for index, start in enumerate(range(0, total, self.chunk)):
+        for start in range(0, total, self.chunk):
             n = min(self.chunk, total - start)
-            rows = self.window[index % _WINDOWS]
+            rows = self._next_window()
             _gather(flats, start, rows[self.rank, :n])
             dist.barrier(group=self.group)
             lo, hi = self.rank * n // self.size, (self.rank + 1) * n // self.size
@@ -100,6 +113,49 @@ class ShmAverager:
             acc.mul_(1.0 / self.size)
             dist.barrier(group=self.group)
             _scatter(rows[0, :n], flats, start)
+
+
+    def share_(self, tensors: Sequence[torch.Tensor], owners: Sequence[int]) -> None:
+        """Every rank's tensors become the values the owner of each holds (``owners[i]``: the
+        index among the group's ranks of the one whose ``tensors[i]`` is copied to all).
+
+        Collective: every rank passes tensors of the same sizes and the same ``owners``.
+        """
+        if len(owners) != len(tensors):
+            raise ValueError(f"share_: {len(tensors)} tensors but {len(owners)} owners")
+        flats = [_flat(t, self.window.dtype) for t in tensors]
+        spans = _spans(flats)
+        mine = [(f, at) for f, at, o in zip(flats, spans, owners, strict=True) if o == self.rank]
+        theirs = [(f, at) for f, at, o in zip(flats, spans, owners, strict=True)
+                  if o != self.rank]
+        span = self.size * self.chunk  # a whole window per chunk: no row is anyone's own here
+        total = sum(t.numel() for t in flats)
+        for start in range(0, total, span):
+            window = self._next_window().view(-1)[:min(span, total - start)]
+            for piece, at in _pieces_of(mine, start, window.numel()):
+                window[at:at + piece.numel()].copy_(piece)
+            dist.barrier(group=self.group)
+            for piece, at in _pieces_of(theirs, start, window.numel()):
+                piece.copy_(window[at:at + piece.numel()])
+
+
+def _spans(flats: Sequence[torch.Tensor]) -> list[int]:
+    """Where each tensor starts in the concatenation of ``flats``."""
+    starts, offset = [], 0
+    for flat in flats:
+        starts.append(offset)
+        offset += flat.numel()
+    return starts
+
+
+def _pieces_of(subset: Sequence[tuple[torch.Tensor, int]], start: int,
+               n: int) -> Iterator[tuple[torch.Tensor, int]]:
+    """``(piece of a tensor, its offset in the chunk)`` for the ``(tensor, its start in the
+    concatenation)`` of ``subset`` that overlap elements ``[start, start+n)`` of it."""
+    for flat, offset in subset:
+        lo, hi = max(start, offset), min(start + n, offset + flat.numel())
+        if lo < hi:
+            yield flat[lo - offset:hi - offset], lo - start
 
 
 def _make_file(nbytes: int) -> str | None:

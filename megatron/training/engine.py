@@ -40,6 +40,7 @@ from megatron.training.master_weights import (
 )
 from megatron.training.nonfinite import NonFiniteGuard
 from megatron.training.optimizers import DeepSpeedOptimizer, build_optimizer, param_groups
+from megatron.training.sharded_optimizer import ShardedOptimizer, ShardPlan, why_not_sharded
 from megatron.training.state import seed_everything
 from megatron.utils.deepspeed_ops import skip_unused_cpu_ops
 
@@ -174,14 +175,8 @@ def build_run(args: Any) -> Run:
         groups_of_params = mup.mup_param_groups(
             groups_of_params, args.optimizer["type"], args.weight_decay
         )
-    def build(groups_: list[dict[str, Any]]) -> Any:
-        return build_optimizer(groups_, args.optimizer, weight_decay=args.weight_decay,
-                               use_bnb_optimizer=args.use_bnb_optimizer)
-
-    optimizer = build(groups_of_params)
     config = _deepspeed_config(args)
-    optimizer = _bf16_master_weights(args, model, groups_of_params, optimizer, build, config,
-                                     groups, is_pipe)
+    optimizer, plan = _optimizer(args, model, groups_of_params, config, groups, is_pipe)
     if not isinstance(optimizer, torch.optim.AdamW | torch.optim.Adam):
         # DeepSpeed only vouches for its own optimizer list under ZeRO; ours are tested here.
         config.setdefault("zero_allow_untested_optimizer", True)
@@ -191,7 +186,7 @@ def build_run(args: Any) -> Run:
     else:
         scheduler = AnnealingLR.from_args(optimizer, args)
     # MasterWeights checks its own gradients (their norm) before it steps.
-    checked = optimizer is None or isinstance(optimizer, MasterWeights)
+    checked = optimizer is None or _keeps_masters(optimizer)
     guard = None if checked else NonFiniteGuard(optimizer)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
@@ -207,31 +202,79 @@ def build_run(args: Any) -> Run:
         # also what moves the gradients into the optimizer's partitions (without it the first
         # step failed with KeyError: 0 on one process).
         engine.enable_backward_allreduce = False
-    elif not is_pipe:
-        use_shared_memory(engine, groups.dp)  # CPU ranks of one machine, stage 0
+    elif not is_pipe:  # CPU ranks of one machine, stage 0
+        use_shared_memory(engine, groups.dp, None if plan is None else plan.sharer)
     _clip_fp32_globally(engine, groups.tp.rank)
     return Run(args, groups, tokenizer, spec, engine, loss_fn, is_pipe, tracker, guard)
 
 
+def _optimizer(args: Any, model: torch.nn.Module, groups_of_params: list,
+               config: dict[str, Any], groups: ProcessGroups,
+               is_pipe: bool) -> tuple[Any, ShardPlan | None]:
+    """The optimizer DeepSpeed is handed, and the shard plan when the data-parallel ranks
+    each step a part of the model (then the optimizer is a ShardedOptimizer)."""
+
+    def build(groups_: list[dict[str, Any]]) -> Any:
+        return build_optimizer(groups_, args.optimizer, weight_decay=args.weight_decay,
+                               use_bnb_optimizer=args.use_bnb_optimizer)
+
+    optimizer = build(groups_of_params)  # cheap: torch's optimizers make state at a step
+    why_not_masters = why_not_master_weights(
+        args.precision, args.zero_optimization.get("stage", 0), is_pipe, optimizer)
+    if why_not_masters is not None:
+        LOG.debug("bf16 master weights kept by DeepSpeed: %s", why_not_masters)
+    masters = why_not_masters is None
+    plan = _shard_plan(args, groups_of_params, optimizer, groups, is_pipe, masters)
+    local_groups = groups_of_params if plan is None else plan.owned(groups_of_params)
+    if plan is not None:
+        optimizer = build(local_groups)
+    if masters:
+        optimizer = _bf16_master_weights(args, model, local_groups, build, config, groups,
+                                         sharded=plan is not None)
+    if plan is not None:
+        optimizer = ShardedOptimizer(optimizer, groups_of_params, plan)
+    return optimizer, plan
+
+
+def _shard_plan(args: Any, groups_of_params: list, optimizer: Any, groups: ProcessGroups,
+                is_pipe: bool, masters: bool) -> ShardPlan | None:
+    """Who steps which parameter, where the data-parallel ranks need not all step all of
+    them (see sharded_optimizer); None where they must. Collective over the DP group."""
+    reason = why_not_sharded(
+        dp_size=groups.dp.size, device_type=_device_type(),
+        zero_stage=args.zero_optimization.get("stage", 0), is_pipe=is_pipe,
+        optimizer=optimizer, fp32_engine=masters or args.precision == "fp32")
+    plan = None
+    if reason is None:
+        dtype = torch.bfloat16 if masters else torch.float32
+        plan = ShardPlan.create(groups_of_params, groups.dp, dtype)
+        reason = "the data-parallel ranks share no /dev/shm" if plan is None else None
+    if plan is None:
+        LOG.debug("optimizer step replicated on every data-parallel rank: %s", reason)
+    return plan
+
+
 def _bf16_master_weights(args: Any, model: torch.nn.Module, groups_of_params: list,
-                         optimizer: Any, build: Callable, config: dict[str, Any],
-                         groups: ProcessGroups, is_pipe: bool) -> Any:
-    """`optimizer`, or a MasterWeights over bf16 weights where we keep them (see its module).
+                         build: Callable, config: dict[str, Any], groups: ProcessGroups,
+                         sharded: bool) -> MasterWeights:
+    """A MasterWeights over the bf16 weights in `groups_of_params` (see its module).
 
     DeepSpeed then sees an fp32 run: `config` loses bf16 and gains bf16 gradient
-    communication, as DeepSpeed's bf16 mode reduces them.
+    communication, as DeepSpeed's bf16 mode reduces them. Sharded, each rank's masters are
+    its own parameters', so the clipping norm is summed over every rank.
     """
-    reason = why_not_master_weights(args.precision, args.zero_optimization.get("stage", 0),
-                                    is_pipe, optimizer)
-    if reason is not None:
-        LOG.debug("bf16 master weights kept by DeepSpeed: %s", reason)
-        return optimizer
     cast_parameters_(model, torch.bfloat16)
     config["bf16"] = {**config.get("bf16", {}), "enabled": False}
     config.setdefault("communication_data_type", "bf16")
+    group = groups.tp.group if groups.tp.size > 1 else None
     return MasterWeights(groups_of_params, build, clip=args.gradient_clipping,
                          tp_rank=groups.tp.rank,
-                         model_group=groups.tp.group if groups.tp.size > 1 else None)
+                         model_group=dist.group.WORLD if sharded else group)
+
+
+def _keeps_masters(optimizer: Any) -> bool:
+    """Whether our MasterWeights steps (and clips) this optimizer's weights."""
+    return isinstance(getattr(optimizer, "local", optimizer), MasterWeights)
 
 
 def _clip_fp32_globally(engine: Any, tp_rank: int) -> None:
@@ -242,7 +285,7 @@ def _clip_fp32_globally(engine: Any, tp_rank: int) -> None:
     is global on a pipeline too, and is kept for logging.
     """
 
-    if isinstance(engine.optimizer, MasterWeights):
+    if _keeps_masters(engine.optimizer):
         engine.clip_fp32_gradients = lambda: None  # it clips its fp32 copies itself
         return
 

@@ -55,16 +55,21 @@ def why_not_shared_memory(engine: Any, dp: Group) -> str | None:
     return next((reason for failed, reason in checks if failed), None)
 
 
-def use_shared_memory(engine: Any, dp: Group) -> ShmAverager | None:
+def use_shared_memory(engine: Any, dp: Group,
+                      windows: ShmAverager | None = None) -> ShmAverager | None:
     """Average this engine's gradients through shared memory where that is exact.
 
     Collective over the data-parallel group (every member gets the same answer). Replaces
     ``engine.allreduce_gradients``, which the engine calls after every backward and which
-    reduces at accumulation boundaries only.
+    reduces at accumulation boundaries only. ``windows``: an averager of the gradients'
+    dtype the run already holds (the sharded optimizer's), used instead of a new one.
     """
     reason = why_not_shared_memory(engine, dp)
     averager = None
-    if reason is None:
+    if reason is None and windows is not None and windows.window.dtype == (
+            engine.communication_data_type):
+        averager = windows
+    elif reason is None:
         averager = ShmAverager.create(dp.group, dp.ranks, dp.rank, engine.communication_data_type)
         reason = "the data-parallel ranks share no /dev/shm" if averager is None else None
     if averager is None:

@@ -145,3 +145,33 @@ def create_where_not_shared(rank: int, world_size: int, shm_dir: str) -> None:
 def test_ranks_that_share_no_memory_all_fall_back_and_leave_no_file(tmp_path: Path) -> None:
     run_distributed(create_where_not_shared, 2, 90.0, str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+def share_between_averages(rank: int, world_size: int) -> None:
+    """Each tensor ends up as its owner's, on every rank; averages before and after are
+    untouched by it (the windows alternate across calls, so no chunk overwrites another
+    that a rank may still be reading)."""
+    from megatron.parallel.shm_allreduce import ShmAverager
+
+    averager = ShmAverager.create(None, list(range(world_size)), rank, chunk=CHUNK)
+    owners = [i % world_size for i in range(len(SIZES))][::-1]
+    for _ in range(3):
+        tensors = inputs(rank)
+        averager.average_(tensors)
+        shared = inputs(rank)  # each rank's own values; the owners' must win
+        averager.share_(shared, owners)
+        for i, got in enumerate(shared):
+            assert torch.equal(got, inputs(owners[i])[i]), (rank, i)
+        for got, exp in zip(tensors, expected_mean(list(range(world_size))), strict=True):
+            assert torch.equal(got, exp)
+    try:
+        averager.share_(inputs(rank), owners[:-1])
+    except ValueError as err:
+        assert "6 tensors but 5 owners" in str(err), err
+    else:
+        raise AssertionError("no error for a missing owner")
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_share_copies_each_tensor_from_its_owner_to_every_rank(world_size: int) -> None:
+    run_distributed(share_between_averages, world_size, 90.0)

@@ -7,6 +7,9 @@ trains 3 steps and saves; DeepSpeed's wrapper loads that checkpoint and both tak
 4th step. With data parallelism their fp32 masters must then agree to fp32 rounding; under TP=2
 DeepSpeed's wrapper clips by a smaller norm (see the test), so there ours is checked
 against the whole model's gradient norm instead. Each must read the other's checkpoint.
+The optimizer step is kept replicated over the DP ranks (``MEGATRON_DP_OPTIMIZER``) so each
+rank holds every master; ``test_sharded_optimizer`` shows the sharded step trains as this one
+and reads and writes the same checkpoints.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ def describe(run: Any) -> dict[str, Any]:
 
 def compare(rank: int, world_size: int, out: str) -> None:
     os.environ["LOCAL_SIZE"] = str(world_size)  # as DeepSpeed's launcher sets it
+    os.environ["MEGATRON_DP_OPTIMIZER"] = "replicated"
     report: dict[str, Any] = {}
     for layout, tp in LAYOUTS.items():
         root = Path(out) / layout
