@@ -86,6 +86,10 @@ def _train_and_test(args: Any, task_runner: TaskRunner | None) -> int:
     if args.log_dir:
         tee_output(args.log_dir, run.groups.layout.rank)
     configure_logging(rank=run.groups.layout.rank)
+    shards = getattr(run.engine.optimizer, "plan", None)  # a ShardedOptimizer's
+    if shards is not None and run.is_rank0:
+        LOG.info("optimizer step sharded over %d data-parallel ranks through shared memory",
+                 shards.dp.size)
     state = resume(run)
     metrics = MetricsLogger.from_args(
         args, rank=0 if run.is_rank0 else 1, all_config=args.all_config

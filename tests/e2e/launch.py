@@ -21,6 +21,8 @@ LAYOUTS = {
     "zero1": {"num_gpus": 1, "zero_optimization": {"stage": 1}},
     "tp2": {"num_gpus": 2, "model_parallel_size": 2},
     "pp2": {"num_gpus": 2, "pipe_parallel_size": 2},
+    # Stage 0: shared-memory gradient averaging and the sharded optimizer step.
+    "dp2": {"num_gpus": 2},
     "dp2_zero1": {"num_gpus": 2, "zero_optimization": {"stage": 1}},
     "dp2_zero3": {"num_gpus": 2, "zero_optimization": {"stage": 3}},
 }

@@ -36,7 +36,7 @@ def _latest_step(root: Path) -> int:
     return int(latest.read_text().strip().removeprefix("global_step") or 0)
 
 
-@pytest.mark.parametrize("layout", ["dp2_zero1", "pp2"])
+@pytest.mark.parametrize("layout", ["dp2", "dp2_zero1", "pp2"])
 def test_resume_after_sigkill_equals_uninterrupted(
     runs: dict[str, Path], char_corpus: str, tmp_path: Path, layout: str
 ) -> None:
@@ -60,6 +60,8 @@ def test_resume_after_sigkill_equals_uninterrupted(
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
     assert "checkpoint validated" in resumed.stdout + resumed.stderr
+    sharded = "optimizer step sharded over 2 data-parallel ranks" in resumed.stdout + resumed.stderr
+    assert sharded == (layout == "dp2")  # stage 0 only: ZeRO shards by itself
 
     reference = train_losses(runs[layout])
     losses = train_losses(tmp_path)  # later lines (the resumed run) win

@@ -1,9 +1,9 @@
 """`./deepy.py train.py` end to end in every layout: same losses, falling loss, checkpoints.
 
 One fp32 config with dropout off is trained for 20 iterations as 1 process (plain, and with
-ZeRO-1) and as 2 processes with TP=2, PP=2, DP=2 + ZeRO-1 and DP=2 + ZeRO-3. The global
-batch is the same (8 samples), so every layout must see the same data and compute the same
-loss.
+ZeRO-1) and as 2 processes with TP=2, PP=2, DP=2 (stage 0), DP=2 + ZeRO-1 and DP=2 + ZeRO-3.
+The global batch is the same (8 samples), so every layout must see the same data and compute
+the same loss.
 """
 
 from __future__ import annotations
