@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from megatron.training.grad_clip import counted_once, replica_norm
+from megatron.training.optimizer_view import OptimizerView
 
 OPTIMIZER_STATE_DICT = "optimizer_state_dict"  # DeepSpeed's key for the inner optimizer
 ENV_OVERRIDE = "MEGATRON_BF16_OPTIMIZER"
@@ -64,7 +65,7 @@ def cast_parameters_(model: torch.nn.Module, dtype: torch.dtype) -> None:
         param.data = param.data.to(dtype)
 
 
-class MasterWeights(torch.optim.Optimizer):
+class MasterWeights(OptimizerView):
     """An optimizer over fp32 copies of low-precision parameters, with global-norm clipping.
 
     It is a ``torch.optim.Optimizer`` so DeepSpeed takes it as a client optimizer; its
@@ -102,22 +103,8 @@ class MasterWeights(torch.optim.Optimizer):
         self._global_grad_norm: float | None = None
         self.steps = 0
 
-    # The inner optimizer's view, shared (an LR schedule writes param_groups[i]["lr"]).
-    @property
-    def param_groups(self) -> Groups:  # type: ignore[override]
-        return self.inner.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value: Groups) -> None:
-        self.inner.param_groups = value
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.inner.state
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.inner.defaults
+    def viewed(self) -> torch.optim.Optimizer:
+        return self.inner
 
     def __repr__(self) -> str:
         return f"MasterWeights({self.inner!r})"

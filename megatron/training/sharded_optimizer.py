@@ -36,6 +36,7 @@ import torch.distributed as dist
 from megatron.parallel.groups import Group
 from megatron.parallel.shm_allreduce import ShmAverager
 from megatron.training.master_weights import OPTIMIZER_STATE_DICT
+from megatron.training.optimizer_view import OptimizerView
 
 ENV_OVERRIDE = "MEGATRON_DP_OPTIMIZER"
 MASTERS = "fp32_groups"  # MasterWeights' (and DeepSpeed's wrapper's) key for the masters
@@ -108,7 +109,7 @@ class ShardPlan:
         return [i for i, owner in enumerate(self.owners) if owner == rank]
 
 
-class ShardedOptimizer(torch.optim.Optimizer):
+class ShardedOptimizer(OptimizerView):
     """Steps this rank's parameters with ``local``, then gives every rank every new weight.
 
     ``param_groups`` and ``state`` are ``local``'s (an LR schedule sets every rank's own
@@ -132,21 +133,8 @@ class ShardedOptimizer(torch.optim.Optimizer):
             raise AttributeError(name)
         return getattr(self.local, name)
 
-    @property
-    def param_groups(self) -> Groups:  # type: ignore[override]
-        return self.local.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value: Groups) -> None:
-        self.local.param_groups = value
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.local.state
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.local.defaults
+    def viewed(self) -> Any:
+        return self.local
 
     def __repr__(self) -> str:
         return f"ShardedOptimizer({self.local!r}, ranks={self.plan.dp.size})"
