@@ -17,7 +17,8 @@ the replicated one. A bf16 run's clipping norm is summed over the owners' parts 
 over all gradients on each rank, which can differ in the last bit.
 
 Checkpoints keep the replicated layout: :meth:`ShardedOptimizer.state_dict` gathers the
-owners' states on the first data-parallel rank (the one DeepSpeed writes) and
+owners' states on the first data-parallel rank (the one DeepSpeed writes; see
+``megatron.parallel.gather_state`` for why not ``gather_object``) and
 :meth:`ShardedOptimizer.load_state_dict` keeps this rank's part of a whole state. A checkpoint
 therefore resumes with any number of ranks, sharded or not.
 ``MEGATRON_DP_OPTIMIZER=replicated`` keeps the replicated step, for measuring.
@@ -31,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from megatron.parallel.gather_state import gather_state
 from megatron.parallel.groups import Group
 from megatron.parallel.shm_allreduce import ShmAverager
 from megatron.training.master_weights import OPTIMIZER_STATE_DICT
@@ -160,9 +161,7 @@ class ShardedOptimizer(OptimizerView):
         this rank's part elsewhere. Collective over the data-parallel group (DeepSpeed calls it
         on every rank and writes the first one's)."""
         part = self.local.state_dict()
-        dp = self.plan.dp
-        parts: list[Any] | None = [None] * dp.size if dp.rank == 0 else None
-        dist.gather_object(part, parts, dst=dp.ranks[0], group=dp.group)
+        parts = gather_state(part, self.plan.dp)
         return self._whole(parts) if parts is not None else part
 
     def load_state_dict(self, state_dict: StateDict, **kwargs: Any) -> None:  # type: ignore[override]
