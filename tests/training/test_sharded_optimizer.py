@@ -162,9 +162,9 @@ def _train(run: Any, first: int, last: int) -> tuple[list[float], list[float]]:
     return [r.loss for r in results], [r.grad_norm for r in results]
 
 
-def _owned_state_counts(run: Any) -> int:
-    opt = run.engine.optimizer
-    return sum(len(g["params"]) for g in opt.param_groups)
+def _stepped_params(run: Any) -> int:
+    """How many parameters this rank's optimizer steps (its groups are the local ones)."""
+    return sum(len(g["params"]) for g in run.engine.optimizer.param_groups)
 
 
 def compare(rank: int, world_size: int, out: str) -> None:
@@ -180,7 +180,7 @@ def compare(rank: int, world_size: int, out: str) -> None:
             second = _train(run, SAVE_AT, STEPS)
             report[f"{precision}-{mode}"] = {
                 "sharded": isinstance(run.engine.optimizer, ShardedOptimizer),
-                "owned": _owned_state_counts(run),
+                "owned": _stepped_params(run),
                 "losses": first[0] + second[0], "norms": first[1] + second[1]}
             state = run.engine.optimizer.state_dict()  # collective when sharded
             if rank == 0:
