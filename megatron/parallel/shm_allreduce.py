@@ -99,12 +99,12 @@ class ShmAverager:
 
         Collective: every rank passes tensors of the same sizes, in the same order.
         """
-        flats = [_flat(t, self.window.dtype) for t in tensors]
-        total = sum(t.numel() for t in flats)
+        placed = _placed(tensors, self.window.dtype)
+        total = _total(placed)
         for start in range(0, total, self.chunk):
             n = min(self.chunk, total - start)
             rows = self._next_window()
-            _gather(flats, start, rows[self.rank, :n])
+            _gather(placed, start, rows[self.rank, :n])
             dist.barrier(group=self.group)
             lo, hi = self.rank * n // self.size, (self.rank + 1) * n // self.size
             acc = rows[0, lo:hi]
@@ -112,8 +112,7 @@ class ShmAverager:
                 acc.add_(rows[other, lo:hi])
             acc.mul_(1.0 / self.size)
             dist.barrier(group=self.group)
-            _scatter(rows[0, :n], flats, start)
-
+            _scatter(rows[0, :n], placed, start)
 
     def share_(self, tensors: Sequence[torch.Tensor], owners: Sequence[int]) -> None:
         """Every rank's tensors become the values the owner of each holds (``owners[i]``: the
@@ -123,39 +122,16 @@ class ShmAverager:
         """
         if len(owners) != len(tensors):
             raise ValueError(f"share_: {len(tensors)} tensors but {len(owners)} owners")
-        flats = [_flat(t, self.window.dtype) for t in tensors]
-        spans = _spans(flats)
-        mine = [(f, at) for f, at, o in zip(flats, spans, owners, strict=True) if o == self.rank]
-        theirs = [(f, at) for f, at, o in zip(flats, spans, owners, strict=True)
-                  if o != self.rank]
+        placed = _placed(tensors, self.window.dtype)
+        mine = [x for x, o in zip(placed, owners, strict=True) if o == self.rank]
+        theirs = [x for x, o in zip(placed, owners, strict=True) if o != self.rank]
         span = self.size * self.chunk  # a whole window per chunk: no row is anyone's own here
-        total = sum(t.numel() for t in flats)
+        total = _total(placed)
         for start in range(0, total, span):
             window = self._next_window().view(-1)[:min(span, total - start)]
-            for piece, at in _pieces_of(mine, start, window.numel()):
-                window[at:at + piece.numel()].copy_(piece)
+            _gather(mine, start, window)
             dist.barrier(group=self.group)
-            for piece, at in _pieces_of(theirs, start, window.numel()):
-                piece.copy_(window[at:at + piece.numel()])
-
-
-def _spans(flats: Sequence[torch.Tensor]) -> list[int]:
-    """Where each tensor starts in the concatenation of ``flats``."""
-    starts, offset = [], 0
-    for flat in flats:
-        starts.append(offset)
-        offset += flat.numel()
-    return starts
-
-
-def _pieces_of(subset: Sequence[tuple[torch.Tensor, int]], start: int,
-               n: int) -> Iterator[tuple[torch.Tensor, int]]:
-    """``(piece of a tensor, its offset in the chunk)`` for the ``(tensor, its start in the
-    concatenation)`` of ``subset`` that overlap elements ``[start, start+n)`` of it."""
-    for flat, offset in subset:
-        lo, hi = max(start, offset), min(start + n, offset + flat.numel())
-        if lo < hi:
-            yield flat[lo - offset:hi - offset], lo - start
+            _scatter(window, theirs, start)
 
 
 def _make_file(nbytes: int) -> str | None:
@@ -188,6 +164,10 @@ def _open(path: str, numel: int, dtype: torch.dtype) -> torch.Tensor | None:
         return None
 
 
+Placed = Sequence[tuple[torch.Tensor, int]]
+"""Flat tensors, each with where it starts in the concatenation of all of a call's tensors."""
+
+
 def _flat(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if tensor.dtype != dtype or not tensor.is_contiguous() or tensor.device.type != "cpu":
         raise ValueError(
@@ -196,24 +176,33 @@ def _flat(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor.view(-1)
 
 
-def _pieces(flats: Sequence[torch.Tensor], start: int,
-            n: int) -> Iterator[tuple[torch.Tensor, int]]:
-    """``(piece of a tensor, its offset in the chunk)`` covering elements ``[start, start+n)``."""
-    offset = 0
-    for flat in flats:
+def _placed(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> list[tuple[torch.Tensor, int]]:
+    out, offset = [], 0
+    for tensor in tensors:
+        flat = _flat(tensor, dtype)
+        out.append((flat, offset))
+        offset += flat.numel()
+    return out
+
+
+def _total(placed: Placed) -> int:
+    return sum(flat.numel() for flat, _ in placed)
+
+
+def _pieces(placed: Placed, start: int, n: int) -> Iterator[tuple[torch.Tensor, int]]:
+    """``(piece of a tensor, its offset in the chunk)`` for the tensors of ``placed`` that
+    overlap elements ``[start, start+n)`` of the concatenation."""
+    for flat, offset in placed:
         lo, hi = max(start, offset), min(start + n, offset + flat.numel())
         if lo < hi:
             yield flat[lo - offset:hi - offset], lo - start
-        offset += flat.numel()
-        if offset >= start + n:
-            return
 
 
-def _gather(flats: Sequence[torch.Tensor], start: int, out: torch.Tensor) -> None:
-    for piece, at in _pieces(flats, start, out.numel()):
+def _gather(placed: Placed, start: int, out: torch.Tensor) -> None:
+    for piece, at in _pieces(placed, start, out.numel()):
         out[at:at + piece.numel()].copy_(piece)
 
 
-def _scatter(chunk: torch.Tensor, flats: Sequence[torch.Tensor], start: int) -> None:
-    for piece, at in _pieces(flats, start, chunk.numel()):
+def _scatter(chunk: torch.Tensor, placed: Placed, start: int) -> None:
+    for piece, at in _pieces(placed, start, chunk.numel()):
         piece.copy_(chunk[at:at + piece.numel()])

@@ -274,7 +274,8 @@ def _bf16_master_weights(args: Any, model: torch.nn.Module, groups_of_params: li
 
 def _keeps_masters(optimizer: Any) -> bool:
     """Whether our MasterWeights steps (and clips) this optimizer's weights."""
-    return isinstance(getattr(optimizer, "local", optimizer), MasterWeights)
+    stepping = optimizer.local if isinstance(optimizer, ShardedOptimizer) else optimizer
+    return isinstance(stepping, MasterWeights)
 
 
 def _clip_fp32_globally(engine: Any, tp_rank: int) -> None:

@@ -66,11 +66,10 @@ def use_shared_memory(engine: Any, dp: Group,
     """
     reason = why_not_shared_memory(engine, dp)
     averager = None
-    if reason is None and windows is not None and windows.window.dtype == (
-            engine.communication_data_type):
-        averager = windows
-    elif reason is None:
-        averager = ShmAverager.create(dp.group, dp.ranks, dp.rank, engine.communication_data_type)
+    if reason is None:
+        dtype = engine.communication_data_type
+        reuse = windows is not None and windows.window.dtype == dtype
+        averager = windows if reuse else ShmAverager.create(dp.group, dp.ranks, dp.rank, dtype)
         reason = "the data-parallel ranks share no /dev/shm" if averager is None else None
     if averager is None:
         LOG.debug("data-parallel gradients averaged by DeepSpeed: %s", reason)

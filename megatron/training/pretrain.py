@@ -10,6 +10,7 @@ from megatron.training.engine import batches, build_data, build_run, shutdown_di
 from megatron.training.eval_harness import TaskEvaluator, TaskRunner
 from megatron.training.loop import evaluate, train
 from megatron.training.metrics import MetricsLogger
+from megatron.training.sharded_optimizer import ShardedOptimizer
 from megatron.training.state import TrainState, set_rng_state
 from megatron.training.step import fixed_batch_loss
 from megatron.utils.logging import configure_logging
@@ -86,10 +87,9 @@ def _train_and_test(args: Any, task_runner: TaskRunner | None) -> int:
     if args.log_dir:
         tee_output(args.log_dir, run.groups.layout.rank)
     configure_logging(rank=run.groups.layout.rank)
-    shards = getattr(run.engine.optimizer, "plan", None)  # a ShardedOptimizer's
-    if shards is not None and run.is_rank0:
+    if isinstance(run.engine.optimizer, ShardedOptimizer) and run.is_rank0:
         LOG.info("optimizer step sharded over %d data-parallel ranks through shared memory",
-                 shards.dp.size)
+                 run.engine.optimizer.plan.dp.size)
     state = resume(run)
     metrics = MetricsLogger.from_args(
         args, rank=0 if run.is_rank0 else 1, all_config=args.all_config

@@ -179,12 +179,12 @@ class ShardedOptimizer(OptimizerView):
             return self._whole_torch(parts)
         whole = dict(parts[0])
         whole[OPTIMIZER_STATE_DICT] = self._whole_torch([p[OPTIMIZER_STATE_DICT] for p in parts])
-        masters: list[list[Any]] = [[None] * n for n in self.group_sizes]
+        masters: list[Any] = [None] * len(self.params)
         for rank, part in enumerate(parts):
             flat = [m for ms in part[MASTERS] for m in ms]
             for index, master in zip(self.plan.indices_of(rank), flat, strict=True):
-                masters[self.group_of[index]][index - self._group_start(index)] = master
-        whole[MASTERS] = masters
+                masters[index] = master
+        whole[MASTERS] = self._by_group(masters)
         return whole
 
     def _whole_torch(self, parts: Sequence[StateDict]) -> StateDict:
@@ -228,8 +228,13 @@ class ShardedOptimizer(OptimizerView):
             start += n
         return {"state": state, "param_groups": groups}
 
-    def _group_start(self, index: int) -> int:
-        return sum(self.group_sizes[:self.group_of[index]])
+    def _by_group(self, items: list[Any]) -> list[list[Any]]:
+        """Items in whole param-group order, split into one list per group."""
+        out, start = [], 0
+        for n in self.group_sizes:
+            out.append(items[start:start + n])
+            start += n
+        return out
 
     def _mismatch(self, found: str) -> str:
         return (f"the optimizer state has {found} parameters, but this model's param groups "
