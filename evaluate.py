@@ -36,6 +36,7 @@ def _import_hf_evaluate() -> None:
 _import_hf_evaluate()
 
 from megatron.neox_arguments import ConfigError, NeoXArgs  # noqa: E402
+from megatron.utils.process_exit import exit_after_cleanup  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,4 +63,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_after_cleanup(main())  # no interpreter teardown (megatron/utils/process_exit.py)

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from megatron.neox_arguments import ConfigError, NeoXArgs
+from megatron.utils.process_exit import exit_after_cleanup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,4 +40,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_after_cleanup(main())  # no interpreter teardown (megatron/utils/process_exit.py)
