@@ -3,16 +3,17 @@
 A run that finished well (its last step logged, its checkpoint written, its process groups
 destroyed) still aborted now and then while the interpreter tore itself down: "terminate
 called without an active exception", exit status 250 through DeepSpeed's launcher, which
-then reports the whole job as failed. It was seen about once in 50-100 single-process CPU
-launches, every time after the last step was logged, and never with a Python thread
-left alive after the ``atexit`` handlers had run. The likeliest source is the one
-pytorch/pytorch#190489 describes: a C++ thread of a collective backend that drops its last
-reference to a tensor (and so needs the GIL) after finalisation has begun.
+then reports the whole job as failed. It was seen about once in 50 to 150 single-process CPU
+launches, always after the last step was logged; by the time the ``atexit`` handlers have run
+no Python thread is left but the main one (a hook registered to run last listed them). The
+likeliest source is the one pytorch/pytorch#190489 describes: a C++ thread of a collective
+backend that drops its last reference to a tensor (and so needs the GIL) after
+finalisation has begun.
 
 Python's own exit does, in order: join the non-daemon threads, run the ``atexit`` handlers,
-flush the standard streams, then tear down modules and objects (where the abort happens)
-and run C++ static destructors. :func:`exit_after_cleanup` does the first three, then ends
-the process with ``os._exit``. Files our code writes are closed or flushed by then
+flush the standard streams, then tear down modules and objects and run C++ static
+destructors (the only phase left for the abort). :func:`exit_after_cleanup` does the first
+three, then ends the process with ``os._exit``. Files our code writes are closed or flushed by then
 (checkpoints and metrics are closed where they are written, the tee and logging flush each
 line, ``weakref.finalize`` callbacks run as an ``atexit`` handler).
 """
