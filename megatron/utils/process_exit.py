@@ -3,17 +3,20 @@
 A run that finished well (its last step logged, its checkpoint written, its process groups
 destroyed) still aborted now and then while the interpreter tore itself down: "terminate
 called without an active exception", exit status 250 through DeepSpeed's launcher, which
-then reports the whole job as failed. It was seen about once in 50 to 150 single-process CPU
-launches, always after the last step was logged; by the time the ``atexit`` handlers have run
-no Python thread is left but the main one (a hook registered to run last listed them). The
-likeliest source is the one pytorch/pytorch#190489 describes: a C++ thread of a collective
-backend that drops its last reference to a tensor (and so needs the GIL) after
-finalisation has begun.
+then reports the whole job as failed: about once in 50 to 150 single-process CPU launches,
+and once in 10 with two launches sharing the 2 cores. A core dump shows why (it is
+pytorch/pytorch#190489): one of gloo's worker threads (``ProcessGroupGloo::runLoop``) was
+destroying a finished all-reduce, whose last reference to a tensor needs the GIL to be
+dropped; the interpreter was already finalising, so taking the GIL ended the thread with
+``pthread_exit``, whose unwinding through C++ calls ``std::terminate``. Destroying the
+process groups does not prevent it, since the Python objects still referring to them keep
+their worker threads alive until teardown.
 
 Python's own exit does, in order: join the non-daemon threads, run the ``atexit`` handlers,
 flush the standard streams, then tear down modules and objects and run C++ static
-destructors (the only phase left for the abort). :func:`exit_after_cleanup` does the first
-three, then ends the process with ``os._exit``. Files our code writes are closed or flushed by then
+destructors (where gloo's thread met the finalising interpreter).
+:func:`exit_after_cleanup` does the first three, then ends the process with ``os._exit``,
+which takes gloo's threads down with it. Files our code writes are closed or flushed by then
 (checkpoints and metrics are closed where they are written, the tee and logging flush each
 line, ``weakref.finalize`` callbacks run as an ``atexit`` handler).
 """
