@@ -4,7 +4,7 @@ A run that finished well (its last step logged, its checkpoint written, its proc
 destroyed) still aborted now and then while the interpreter tore itself down: "terminate
 called without an active exception", exit status 250 through DeepSpeed's launcher, which
 then reports the whole job as failed: about once in 50 to 150 single-process CPU launches,
-and once in 10 with two launches sharing the 2 cores. A core dump shows why (it is
+and 2 in 50 with two launches sharing the 2 cores. A core dump shows why (it is
 pytorch/pytorch#190489): one of gloo's worker threads (``ProcessGroupGloo::runLoop``) was
 destroying a finished all-reduce, whose last reference to a tensor needs the GIL to be
 dropped; the interpreter was already finalising, so taking the GIL ended the thread with
