@@ -30,12 +30,11 @@ from typing import Any
 import torch
 
 from megatron.training.grad_clip import counted_once, replica_norm
-from megatron.training.optimizer_view import OptimizerView
+from megatron.training.optimizer_view import Groups, OptimizerView
 
 OPTIMIZER_STATE_DICT = "optimizer_state_dict"  # DeepSpeed's key for the inner optimizer
 ENV_OVERRIDE = "MEGATRON_BF16_OPTIMIZER"
 
-Groups = list[dict[str, Any]]
 
 
 def why_not_master_weights(precision: str, zero_stage: int, is_pipe: bool,

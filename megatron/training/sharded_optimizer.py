@@ -37,12 +37,11 @@ from megatron.parallel.gather_state import gather_state
 from megatron.parallel.groups import Group
 from megatron.parallel.shm_allreduce import ShmAverager
 from megatron.training.master_weights import OPTIMIZER_STATE_DICT
-from megatron.training.optimizer_view import OptimizerView
+from megatron.training.optimizer_view import Groups, OptimizerView
 
 ENV_OVERRIDE = "MEGATRON_DP_OPTIMIZER"
 MASTERS = "fp32_groups"  # MasterWeights' (and DeepSpeed's wrapper's) key for the masters
 
-Groups = list[dict[str, Any]]
 StateDict = dict[str, Any]
 
 
