@@ -100,12 +100,12 @@ def init_distributed(args: Any) -> None:
 def shutdown_distributed() -> None:
     """Destroy torch.distributed's process groups at the end of a run, while Python is whole.
 
-    Left to interpreter teardown, gloo's C++ worker threads may outlive what they serve: now
-    and then (1 launch in ~50 here) a finished run then aborted with "terminate called
-    without an active exception", exit status 250 through DeepSpeed's launcher, after its
-    last step had been logged (pytorch/pytorch#190489 shows the same). NCCL warns that the
-    group was never destroyed. Entry points call this when a run ends normally, not when it
-    fails: a failed rank's peers may still be inside a collective with it.
+    NCCL warns of a group that was never destroyed, and a destroyed group takes no more work.
+    It does not by itself stop gloo's worker threads (Python objects that still refer to a
+    group keep them alive), so it cannot prevent the abort at interpreter teardown that
+    pytorch/pytorch#190489 describes; the worker entry points avoid that teardown
+    (``megatron.utils.process_exit``). Entry points call this when a run ends normally, not
+    when it fails: a failed rank's peers may still be inside a collective with it.
     """
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -36,7 +36,6 @@ OPTIMIZER_STATE_DICT = "optimizer_state_dict"  # DeepSpeed's key for the inner o
 ENV_OVERRIDE = "MEGATRON_BF16_OPTIMIZER"
 
 
-
 def why_not_master_weights(precision: str, zero_stage: int, is_pipe: bool,
                            optimizer: Any) -> str | None:
     """Why DeepSpeed keeps a run's bf16 weights itself; None where :class:`MasterWeights` does.
