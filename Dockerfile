@@ -21,12 +21,13 @@ ENV DEBIAN_FRONTEND=noninteractive \
     MAX_JOBS=8
 
 # OpenMPI and pdsh are DeepSpeed's multi-node launchers; sshd lets the other nodes in;
-# libaio backs DeepSpeed's async I/O op (ZeRO-Infinity offload to NVMe).
+# libaio backs DeepSpeed's async I/O op (ZeRO-Infinity offload to NVMe); libjemalloc2 is
+# the workers' malloc (megatron/launch/allocator.py).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         openmpi-bin libopenmpi-dev pdsh openssh-server openssh-client \
-        libaio-dev git ca-certificates \
+        libaio-dev libjemalloc2 git ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 # A non-root user owns the code, the ssh setup and the runs.

@@ -26,6 +26,8 @@ $(VENV)/.installed: $(REQS) requirements/constraints.txt requirements/requiremen
 	# mup declares torchvision, which breaks beside the CPU torch: its imports need only torch.
 	$(PY) -m pip install --quiet --no-deps -r requirements/requirements-mup.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	# jemalloc for the workers where apt-get can fetch it (else they keep glibc's malloc).
+	$(PY) tools/fetch_jemalloc.py
 	touch $@
 
 data: setup

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     from megatron.launch import (
         LaunchError,
-        allocator_env,
+        choose_allocator,
         export_env,
         redact,
         runner_argv,
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         argv = runner_argv(args, user_script, args.to_worker_argv())
+        allocator = choose_allocator(os.environ)
     except LaunchError as err:
         print(f"deepy.py: launch settings error:\n{err}", file=sys.stderr)
         return 2
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     per_node = -(-args.global_num_gpus // launch_nodes(args))
     os.environ.update(thread_env(os.environ, per_node))  # cores shared, not oversubscribed
-    os.environ.update(allocator_env(os.environ))  # mid-sized tensors reused, not re-faulted
+    os.environ.update(allocator.env)  # freed tensors reused, not faulted in again
+    print(f"deepy.py: worker malloc: {allocator.describe()}")
     exports = worker_exports(os.environ)
     export_env(runner.EXPORT_ENVS, exports)
     if exports:

@@ -364,7 +364,7 @@ def measure(side: str, config: str, precision: str, opts: argparse.Namespace) ->
     cmd += ["--no-fused-loss"] if opts.no_fused_loss else []
     cmd += [arg for pair in opts.set for arg in ("--set", pair)]
     env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads), TOKENIZERS_PARALLELISM="false")
-    if side == "ours":  # the malloc settings deepy.py gives its workers (launch/allocator.py)
+    if side == "ours":  # the allocator deepy.py gives its workers (launch/allocator.py)
         from megatron.launch import allocator_env
 
         env.update(allocator_env(os.environ))
@@ -521,8 +521,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "launched for real, as 1 and as 2 processes")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     p.add_argument("--no-malloc-tunables", action="store_true",
-                   help="run ours with glibc's default malloc settings instead of the "
-                        "megatron.launch.WORKER_MALLOC_TUNABLES that deepy.py sets")
+                   help="run ours with glibc's malloc and its default settings instead of "
+                        "the allocator deepy.py picks (jemalloc, else glibc with "
+                        "megatron.launch.WORKER_MALLOC_TUNABLES)")
     p.add_argument("--step-limit", type=float, default=300.0,
                    help="seconds after which one in-process step is cut off and reported as a "
                         "lower bound (0: no limit)")
@@ -554,11 +555,16 @@ def main(argv: list[str] | None = None) -> int:
         print(RESULT_TAG + json.dumps(run_worker(opts)), flush=True)
         return 0
     if opts.no_malloc_tunables:
-        os.environ["GLIBC_TUNABLES"] = ""  # an empty value: deepy and allocator_env add none
+        os.environ["MEGATRON_ALLOCATOR"] = "glibc"  # deepy and allocator_env keep glibc,
+        os.environ["GLIBC_TUNABLES"] = ""  # and an empty value: they add no tunables
     for name in opts.configs:
         if not (CONFIG_DIR / f"{name}.yml").is_file():
             print(f"unknown config {name!r}: no {CONFIG_DIR / name}.yml", file=sys.stderr)
             return 2
+    from megatron.launch import choose_allocator
+
+    print(f"ours: worker malloc {choose_allocator(os.environ).describe()}; "
+          "HF: the process's own", flush=True)
     rows: list[dict[str, Any]] = []
     for config in opts.configs:
         for precision in opts.precisions:

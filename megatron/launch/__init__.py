@@ -5,7 +5,7 @@ settings before it loads either. Typical use in ``deepy.py``::
 
     argv = runner_argv(args, "train.py", worker_args)
     os.environ.update(thread_env(os.environ, workers_per_node))  # cores shared (threads.py)
-    os.environ.update(allocator_env(os.environ))  # malloc reuses mid-sized blocks (allocator.py)
+    os.environ.update(choose_allocator(os.environ).env)  # jemalloc or tuned glibc (allocator.py)
     export_env(deepspeed.launcher.runner.EXPORT_ENVS, worker_exports(os.environ))
     deepspeed.launcher.runner.main(argv)
 
@@ -15,7 +15,12 @@ and in each worker, before ``deepspeed.init_distributed()``::
                                       master_port=args.master_port, hostfile=args.hostfile))
 """
 
-from megatron.launch.allocator import WORKER_MALLOC_TUNABLES, allocator_env
+from megatron.launch.allocator import (
+    WORKER_MALLOC_TUNABLES,
+    AllocatorChoice,
+    allocator_env,
+    choose_allocator,
+)
 from megatron.launch.errors import LaunchError
 from megatron.launch.exports import (
     WORKER_ENV_PREFIXES,
@@ -42,10 +47,12 @@ __all__ = [
     "RANK_SCHEMES",
     "WORKER_ENV_PREFIXES",
     "WORKER_MALLOC_TUNABLES",
+    "AllocatorChoice",
     "LaunchError",
     "LaunchSettings",
     "Launcher",
     "allocator_env",
+    "choose_allocator",
     "distributed_env",
     "expand_slurm_hostlist",
     "export_env",

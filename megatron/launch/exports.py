@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 # Prefixes of variables a worker needs beyond DeepSpeed's own list: the W&B key and mode,
 # HF caches/offline switches, torch/JIT-op caches, thread counts, comm-library tuning and
-# the malloc settings of allocator.py.
+# the allocator and malloc settings of allocator.py.
 WORKER_ENV_PREFIXES: tuple[str, ...] = (
     "WANDB_",
     "HF_",
@@ -38,6 +38,8 @@ WORKER_ENV_PREFIXES: tuple[str, ...] = (
     "CUDA_LAUNCH_BLOCKING",
     "LD_LIBRARY_PATH",
     "GLIBC_TUNABLES",
+    "LD_PRELOAD",
+    "MALLOC_CONF",
 )
 
 # Set per node or per rank by the launcher itself; a copy of the head node's value is wrong.

@@ -90,7 +90,7 @@ def test_apt_installs_clean_their_lists_and_skip_recommends(steps) -> None:
         assert "apt-get update" in args and "--no-install-recommends" in args
         assert args.rstrip().endswith("rm -rf /var/lib/apt/lists/*")
     packages = " ".join(runs).split()
-    for needed in ("openmpi-bin", "pdsh", "openssh-server", "libaio-dev"):
+    for needed in ("openmpi-bin", "pdsh", "openssh-server", "libaio-dev", "libjemalloc2"):
         assert needed in packages
 
 

@@ -1,5 +1,5 @@
-"""Workers' environment as deepy.py sets it: the malloc tunables (allocator.py) and the torch
-thread count (threads.py)."""
+"""Workers' environment as deepy.py sets it: the allocator and malloc tunables (allocator.py)
+and the torch thread count (threads.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 import deepy
 from megatron.launch import WORKER_MALLOC_TUNABLES, allocator_env, thread_env, worker_exports
+from megatron.launch.allocator import JEMALLOC_CONF
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,10 +55,14 @@ def _faults(code: str, tunables: str | None) -> int:
     return int(out.split()[-1])
 
 
+def no_jemalloc(environ: object) -> None:
+    return None
+
+
 def test_tunables_only_when_enabled_and_not_chosen_by_the_user() -> None:
-    assert allocator_env({}) == {"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES}
-    assert allocator_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == {}
-    assert allocator_env({"GLIBC_TUNABLES": ""}) == {}
+    assert allocator_env({}, find=no_jemalloc) == {"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES}
+    assert allocator_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, find=no_jemalloc) == {}
+    assert allocator_env({"GLIBC_TUNABLES": ""}, find=no_jemalloc) == {}
     assert "GLIBC_TUNABLES" in worker_exports({"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES})
 
 
@@ -82,18 +87,21 @@ def test_workers_share_the_cores_unless_the_user_set_threads() -> None:
     assert thread_env({"OMP_NUM_THREADS": "2"}, workers_per_node=2, cores=2) == {}
 
 
+WATCHED = ("GLIBC_TUNABLES", "OMP_NUM_THREADS", "LD_PRELOAD", "MALLOC_CONF")
+
+
 def _deepy_environment(monkeypatch: pytest.MonkeyPatch, configs: list[str],
                        keep: tuple[str, ...] = ()) -> dict[str, str]:
     """Run deepy.main with DeepSpeed's runner replaced; return what the runner would pass on."""
     seen: dict[str, str] = {}
 
     def fake_runner(argv: list[str]) -> int:
-        for key in ("GLIBC_TUNABLES", "OMP_NUM_THREADS"):
+        for key in WATCHED:
             if key in os.environ and any(key.startswith(e) for e in ds_runner.EXPORT_ENVS):
                 seen[key] = os.environ[key]
         return 0
 
-    for key in {"GLIBC_TUNABLES", "OMP_NUM_THREADS"} - set(keep):
+    for key in set(WATCHED) - set(keep):
         monkeypatch.setenv(key, "")  # records the value to restore: deepy sets os.environ
         monkeypatch.delenv(key)
     monkeypatch.setattr(ds_runner, "main", fake_runner)
@@ -106,6 +114,7 @@ def _deepy_environment(monkeypatch: pytest.MonkeyPatch, configs: list[str],
 def test_deepy_sets_threads_and_tunables_unless_the_user_chose(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = str(REPO / "configs" / "bench" / "19M.yml")
+    monkeypatch.setenv("MEGATRON_ALLOCATOR", "glibc")
     tuned = {"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES}
     assert _deepy_environment(monkeypatch, [config]) == tuned  # one worker: torch's threads
     two = tmp_path / "two.yml"
@@ -115,3 +124,22 @@ def test_deepy_sets_threads_and_tunables_unless_the_user_chose(
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
     assert _deepy_environment(monkeypatch, [config], keep=("GLIBC_TUNABLES",)) == {
         "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+
+
+def test_deepy_gives_the_workers_jemalloc_when_it_has_one(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = str(REPO / "configs" / "bench" / "19M.yml")
+    library = tmp_path / "libjemalloc.so.2"
+    library.write_bytes(b"")  # deepy only checks that it exists; the runner is a fake here
+    monkeypatch.setenv("MEGATRON_JEMALLOC", str(library))
+    assert _deepy_environment(monkeypatch, [config]) == {
+        "LD_PRELOAD": str(library), "MALLOC_CONF": JEMALLOC_CONF}
+
+
+def test_deepy_stops_on_a_bad_allocator_choice(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MEGATRON_ALLOCATOR", "tcmalloc")
+    monkeypatch.setattr(ds_runner, "main", lambda argv: pytest.fail("launched anyway"))
+    assert deepy.main(["train.py", str(REPO / "configs" / "bench" / "19M.yml")]) == 2
+    err = capsys.readouterr().err
+    assert "MEGATRON_ALLOCATOR='tcmalloc'" in err and "jemalloc" in err
