@@ -16,6 +16,7 @@ from megatron.launch.allocator import (
     WORKER_MALLOC_TUNABLES,
     find_jemalloc,
 )
+from tests.launch.test_worker_env import _STEP_FAULTS
 
 LIB = "/opt/lib/libjemalloc.so.2"
 TUNED = {"GLIBC_TUNABLES": WORKER_MALLOC_TUNABLES}
@@ -80,23 +81,9 @@ def test_the_choice_reaches_workers_on_other_nodes() -> None:
     assert worker_exports(env) == env
 
 
-# Three training-like steps after three warm-up ones, an MLP on 4096 tokens: which malloc
-# served them, and the minor page faults of the measured steps.
-_STEPS = """
-import resource, torch
-torch.set_num_threads(1)
-lin1, lin2 = torch.nn.Linear(256, 2048), torch.nn.Linear(2048, 256)
-x = torch.randn(4096, 256)
-def step():
-    lin2(torch.nn.functional.gelu(lin1(x))).sum().backward()
-for _ in range(3):
-    step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    step()
-maps = open("/proc/self/maps").read()
-print("jemalloc" in maps, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
+# The page faults of three training-like steps (after three warm-up ones), then whether
+# jemalloc served them.
+_STEPS = _STEP_FAULTS + 'print("jemalloc" in open("/proc/self/maps").read())\n'
 
 
 def _run(env: Mapping[str, str]) -> tuple[bool, int]:
@@ -104,7 +91,7 @@ def _run(env: Mapping[str, str]) -> tuple[bool, int]:
              if k not in ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")}
     out = subprocess.run([sys.executable, "-c", _STEPS], env={**clean, **env},
                          capture_output=True, text=True, timeout=120, check=True).stdout
-    loaded, faults = out.split()
+    faults, loaded = out.split()
     return loaded == "True", int(faults)
 
 
