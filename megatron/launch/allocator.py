@@ -122,7 +122,9 @@ def _choose_jemalloc(environ: Mapping[str, str], find: Finder,
         if required:
             raise LaunchError(f"{CHOICE}=jemalloc, but {LD_PRELOAD} is set already "
                               f"({environ[LD_PRELOAD]!r}): unset one of them")
-        return _glibc(environ, f"{LD_PRELOAD} set by the user")
+        # Theirs may be an allocator too; glibc's tunables only act where glibc serves.
+        return AllocatorChoice("as preloaded", f"{LD_PRELOAD}={environ[LD_PRELOAD]}",
+                               _glibc(environ, "").env)
     library = find(environ)
     if library is not None:
         return _jemalloc(environ, library)

@@ -44,7 +44,8 @@ def test_the_users_own_settings_are_kept() -> None:
     assert mine.env == {"LD_PRELOAD": LIB}
     # Their own preload: no jemalloc added, glibc's tunables as usual (or theirs).
     preload = choose_allocator({"LD_PRELOAD": "/x/libprofiler.so"}, found)
-    assert (preload.name, preload.env) == ("glibc", TUNED)
+    assert (preload.name, preload.env) == ("as preloaded", TUNED)
+    assert "/x/libprofiler.so" in preload.describe()
     both = choose_allocator({"LD_PRELOAD": "/x/lib.so", "GLIBC_TUNABLES": ""}, found)
     assert both.env == {}
 
