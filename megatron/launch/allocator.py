@@ -8,9 +8,8 @@ in place. With ``JEMALLOC_CONF`` it never hands freed pages back to the kernel: 
 purges freed blocks of 8 MiB and more at once, so they were faulted in and zeroed again every
 step (2-process steps 10-35% slower than glibc's in 4 paired runs). Measured on Pythia-70M's
 bench shape (2 cores, ``./deepy.py``, 3 alternating rounds, peak resident size of the largest
-rank):
-1 process fp32 2677 -> 2461 MB, bf16 2305 -> 2081 MB; 2 processes fp32 1864 -> 1796 MB, bf16
-1597 -> 1525 MB; no page faults in a steady step (glibc with the tunables below: 77-112k);
+rank): 1 process fp32 2677 -> 2461 MB, bf16 2305 -> 2081 MB; 2 processes fp32 1864 -> 1796
+MB, bf16 1597 -> 1525 MB; no page faults in a steady step (glibc with the tunables below: 77-112k);
 step times within the host's noise (README, performance section). glibc lost that memory to
 fragmentation: blocks freed between live ones that the next step's requests did not fit, so
 its heap grew over the first steps to ~500 MB more than it ever held at once.
@@ -99,14 +98,19 @@ def find_jemalloc(environ: Mapping[str, str]) -> str | None:
             raise LaunchError(f"{JEMALLOC_PATH}={given!r}: no such file (expected the path "
                               f"of a jemalloc shared library such as {JEMALLOC_SONAME})")
         return given
-    if bundled_jemalloc().is_file():
-        return str(bundled_jemalloc())
+    bundled = bundled_jemalloc()
+    if bundled.is_file():
+        return str(bundled)
     return ctypes.util.find_library("jemalloc")
 
 
+def _tunables(environ: Mapping[str, str]) -> Env:
+    """glibc's settings, unless the user chose their own (an empty value included)."""
+    return {} if GLIBC_TUNABLES in environ else {GLIBC_TUNABLES: WORKER_MALLOC_TUNABLES}
+
+
 def _glibc(environ: Mapping[str, str], why: str) -> AllocatorChoice:
-    env = {} if GLIBC_TUNABLES in environ else {GLIBC_TUNABLES: WORKER_MALLOC_TUNABLES}
-    return AllocatorChoice("glibc", why, env)
+    return AllocatorChoice("glibc", why, _tunables(environ))
 
 
 def _jemalloc(environ: Mapping[str, str], library: str) -> AllocatorChoice:
@@ -124,7 +128,7 @@ def _choose_jemalloc(environ: Mapping[str, str], find: Finder,
                               f"({environ[LD_PRELOAD]!r}): unset one of them")
         # Theirs may be an allocator too; glibc's tunables only act where glibc serves.
         return AllocatorChoice("as preloaded", f"{LD_PRELOAD}={environ[LD_PRELOAD]}",
-                               _glibc(environ, "").env)
+                               _tunables(environ))
     library = find(environ)
     if library is not None:
         return _jemalloc(environ, library)
